@@ -6,10 +6,7 @@ import (
 	"fmt"
 	"os"
 
-	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/spf13/cobra"
-
-	"github.com/podnet/podnet/internal/cni"
 )
 
 // Version is set at build time with -ldflags "-X ...cli.Version=...".
@@ -23,7 +20,7 @@ func Main(args []string) int {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(agentCmd(), labCmd(), cniCmd(), &cobra.Command{
+	root.AddCommand(agentCmd(), labCmd(), &cobra.Command{
 		Use:   "version",
 		Short: "Print the version",
 		Run:   func(*cobra.Command, []string) { fmt.Println("podnet", Version) },
@@ -57,18 +54,4 @@ func asExit(err error, out *exitError) bool {
 		*out = e
 	}
 	return ok
-}
-
-func cniCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:   "cni",
-		Short: "Run as the CNI plugin (reads CNI_* variables and the config on stdin)",
-		RunE: func(*cobra.Command, []string) error {
-			if err := skel.PluginMainFuncsWithError(cni.Funcs(), cni.Versions, "podnet CNI plugin "+Version); err != nil {
-				err.Print()
-				return exitError{code: 1}
-			}
-			return nil
-		},
-	}
 }

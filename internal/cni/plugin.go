@@ -26,6 +26,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -56,6 +57,11 @@ var (
 	Gateway4 = netip.MustParseAddr("169.254.1.1")
 	Gateway6 = netip.MustParseAddr("fe80::1")
 )
+
+// CrashEnv names an environment variable for fault-injection tests: set to
+// "allocate", ADD kills its own process right after recording the
+// allocation, so tests can prove that GC reclaims what a crash leaves.
+const CrashEnv = "PODNET_CNI_TEST_CRASH_AFTER"
 
 // Versions lists the spec versions (and result types) podnet speaks.
 var Versions = version.PluginSupports("0.4.0", "1.0.0", "1.1.0")
@@ -109,6 +115,10 @@ func Add(args *skel.CmdArgs) (err error) {
 	if err != nil {
 		return err
 	}
+	pod, err := ParseArgs(args.Args)
+	if err != nil {
+		return err
+	}
 	if len(conf.Ranges()) == 0 {
 		return types.NewError(types.ErrTryAgainLater, "no pod range known for this node yet: podCIDRs is empty", "")
 	}
@@ -137,9 +147,14 @@ func Add(args *skel.CmdArgs) (err error) {
 		return err
 	}
 	att := ipam.Attachment{ContainerID: args.ContainerID, IfName: args.IfName}
-	addrs, fresh, err := store.Allocate(att, hostIf, conf.Ranges())
+	addrs, fresh, err := store.Allocate(att, ipam.Meta{HostIf: hostIf, Pod: pod.String()}, conf.Ranges())
 	if err != nil {
 		return fmt.Errorf("container %s: allocate: %w", args.ContainerID, err)
+	}
+	if os.Getenv(CrashEnv) == "allocate" {
+		// Fault injection for tests: die the hard way, as an OOM kill or a
+		// node reboot would, with the allocation already on disk.
+		unix.Kill(os.Getpid(), unix.SIGKILL)
 	}
 	// Every step below is undone if a later one fails.
 	defer func() {
@@ -231,6 +246,10 @@ func configurePod(h *netlink.Handle, link netlink.Link, gwMAC net.HardwareAddr, 
 }
 
 func configureHost(h *netlink.Handle, link netlink.Link, podMAC net.HardwareAddr, addrs []netip.Addr) error {
+	// The node end's link-local address is what the node speaks from when
+	// it has no global IPv6 address of its own; without DAD it is usable
+	// at once instead of a second or two later. (Absent when IPv6 is off.)
+	netns.Sysctl("", "net/ipv6/conf/"+link.Attrs().Name+"/accept_dad", "0")
 	if err := h.LinkSetUp(link); err != nil {
 		return fmt.Errorf("set up: %w", err)
 	}

@@ -71,19 +71,19 @@ func TestStoreReuseIsDelayed(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := []netip.Prefix{netip.MustParsePrefix("10.1.0.0/24"), netip.MustParsePrefix("fd00::/120")}
-	a1, fresh, err := s.Allocate(Attachment{"c1", "eth0"}, "pnA", r)
+	a1, fresh, err := s.Allocate(Attachment{"c1", "eth0"}, Meta{HostIf: "pnA"}, r)
 	if err != nil || !fresh || len(a1) != 2 {
 		t.Fatalf("allocate: %v %v %v", a1, fresh, err)
 	}
 	// A retried ADD gets the same addresses back.
-	again, fresh, err := s.Allocate(Attachment{"c1", "eth0"}, "pnA", r)
+	again, fresh, err := s.Allocate(Attachment{"c1", "eth0"}, Meta{HostIf: "pnA"}, r)
 	if err != nil || fresh || fmt.Sprint(again) != fmt.Sprint(a1) {
 		t.Fatalf("retry: %v %v %v", again, fresh, err)
 	}
 	if _, err := s.Release(Attachment{"c1", "eth0"}); err != nil {
 		t.Fatal(err)
 	}
-	a2, _, err := s.Allocate(Attachment{"c2", "eth0"}, "pnB", r)
+	a2, _, err := s.Allocate(Attachment{"c2", "eth0"}, Meta{HostIf: "pnB"}, r)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,10 +99,10 @@ func TestStoreReuseIsDelayed(t *testing.T) {
 func TestStoreExhaustionNamesRange(t *testing.T) {
 	s, _ := Open(t.TempDir())
 	r := []netip.Prefix{netip.MustParsePrefix("10.2.0.0/30")}
-	if _, _, err := s.Allocate(Attachment{"a", "eth0"}, "", r); err != nil {
+	if _, _, err := s.Allocate(Attachment{"a", "eth0"}, Meta{}, r); err != nil {
 		t.Fatal(err)
 	}
-	_, _, err := s.Allocate(Attachment{"b", "eth0"}, "", r)
+	_, _, err := s.Allocate(Attachment{"b", "eth0"}, Meta{}, r)
 	if err == nil || err.Error() != "range 10.2.0.0/30 exhausted: no free address" {
 		t.Fatalf("got %v", err)
 	}
@@ -112,7 +112,7 @@ func TestStoreReleaseExcept(t *testing.T) {
 	s, _ := Open(t.TempDir())
 	r := []netip.Prefix{netip.MustParsePrefix("10.3.0.0/24")}
 	for _, id := range []string{"a", "b", "c"} {
-		if _, _, err := s.Allocate(Attachment{id, "eth0"}, "", r); err != nil {
+		if _, _, err := s.Allocate(Attachment{id, "eth0"}, Meta{}, r); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -151,7 +151,7 @@ func TestStoreConcurrent(t *testing.T) {
 				return
 			}
 			id := fmt.Sprintf("c%03d", i)
-			addrs, _, err := s.Allocate(Attachment{id, "eth0"}, "", r)
+			addrs, _, err := s.Allocate(Attachment{id, "eth0"}, Meta{}, r)
 			if err != nil {
 				errs <- err
 				return

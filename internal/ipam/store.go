@@ -25,8 +25,16 @@ type Allocation struct {
 	Attachment
 	// HostIf is the node-side interface the plugin made for the attachment,
 	// kept so that garbage collection can remove it without the netns.
-	HostIf string    `json:"hostIf,omitempty"`
-	Since  time.Time `json:"since"`
+	HostIf string `json:"hostIf,omitempty"`
+	// Pod is the pod's namespace/name, when the runtime said (CNI_ARGS).
+	Pod   string    `json:"pod,omitempty"`
+	Since time.Time `json:"since"`
+}
+
+// Meta is what an allocation records besides its attachment.
+type Meta struct {
+	HostIf string
+	Pod    string
 }
 
 // state is the on-disk document. It is small (one entry per pod), so it is
@@ -143,7 +151,7 @@ func (s *Store) save(st *state) error {
 // addresses (a retried ADD), those are returned with fresh=false and nothing
 // changes. Otherwise the new addresses are recorded before Allocate returns,
 // so a crash after this point leaks nothing that GC cannot find.
-func (s *Store) Allocate(att Attachment, hostIf string, ranges []netip.Prefix) (addrs []netip.Addr, fresh bool, err error) {
+func (s *Store) Allocate(att Attachment, meta Meta, ranges []netip.Prefix) (addrs []netip.Addr, fresh bool, err error) {
 	err = s.locked(func(st *state) (bool, error) {
 		if held := heldBy(st, att); len(held) > 0 {
 			addrs = held
@@ -159,7 +167,7 @@ func (s *Store) Allocate(att Attachment, hostIf string, ranges []netip.Prefix) (
 			if err != nil {
 				return false, err
 			}
-			st.Allocations[a.String()] = Allocation{Attachment: att, HostIf: hostIf, Since: now}
+			st.Allocations[a.String()] = Allocation{Attachment: att, HostIf: meta.HostIf, Pod: meta.Pod, Since: now}
 			st.Last[r.String()] = a.String()
 			addrs = append(addrs, a)
 		}
