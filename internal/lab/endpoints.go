@@ -11,6 +11,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -122,7 +123,18 @@ func (l *Lab) syncEndpoints(ctx context.Context, ns string) error {
 }
 
 func sameSlice(a, b *discoveryv1.EndpointSlice) bool {
-	return fmt.Sprint(a.Endpoints, a.Ports, a.Labels) == fmt.Sprint(b.Endpoints, b.Ports, b.Labels)
+	return equality.Semantic.DeepEqual(a.Endpoints, b.Endpoints) &&
+		equality.Semantic.DeepEqual(a.Ports, b.Ports) &&
+		equality.Semantic.DeepEqual(a.Labels, b.Labels)
+}
+
+// portsSignature identifies a resolved port list by value.
+func portsSignature(ports []discoveryv1.EndpointPort) string {
+	var b strings.Builder
+	for _, p := range ports {
+		fmt.Fprintf(&b, "%s/%d/%s;", *p.Name, *p.Port, *p.Protocol)
+	}
+	return b.String()
 }
 
 // DesiredSlices computes the EndpointSlices of one Service: one group per
@@ -157,7 +169,7 @@ func DesiredSlices(svc *corev1.Service, pods []*corev1.Pod) []*discoveryv1.Endpo
 				continue
 			}
 			ports := resolvePorts(svc, p)
-			sig := fmt.Sprint(ports)
+			sig := portsSignature(ports)
 			g := groups[sig]
 			if g == nil {
 				g = &group{ports: ports}
