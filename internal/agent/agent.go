@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/informers"
@@ -20,6 +21,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/podnet/podnet/internal/dataplane/link"
+	"github.com/podnet/podnet/internal/dataplane/nft"
 	"github.com/podnet/podnet/internal/k8s"
 	"github.com/podnet/podnet/internal/model"
 	"github.com/podnet/podnet/internal/netns"
@@ -32,13 +34,21 @@ type Config struct {
 	Client   kubernetes.Interface
 	// NetNS is the path of the node's network namespace; empty means the
 	// agent's own (the production case: a hostNetwork pod).
-	NetNS      string
-	Mode       routing.Mode
-	CNIConfDir string
+	NetNS string
+	Mode  routing.Mode
+	// VXLAN sets the overlay's VNI and port (zero: the defaults).
+	VXLAN routing.VXLANConfig
+	// ClusterCIDRs are the cluster's pod ranges and ServiceCIDRs its
+	// service ranges: pod traffic to anything else that leaves through
+	// the uplink is masqueraded. Empty ClusterCIDRs turns masquerade off.
+	ClusterCIDRs []netip.Prefix
+	ServiceCIDRs []netip.Prefix
+	CNIConfDir   string
 	// CNIDataDir is the allocation store's directory, written into the
 	// conflist.
 	CNIDataDir string
-	MTU        int
+	// MTU of pod interfaces; 0 detects it from the uplink and the mode.
+	MTU int
 	// Chain lists reference plugins to chain after podnet in the conflist.
 	Chain        []string
 	ResyncPeriod time.Duration
@@ -48,10 +58,16 @@ type Config struct {
 // Agent is one node's podnet daemon.
 type Agent struct {
 	cfg     Config
+	h       *netlink.Handle
 	routes  *link.Routes
+	overlay *link.Overlay
+	masq    *nft.Masq
 	trigger chan struct{}
 	ready   atomic.Bool
 	nodes   func() ([]*corev1.Node, error)
+
+	lastMasq    *nft.MasqConfig
+	lastMasqRun time.Time
 }
 
 // New builds an agent. It opens a netlink handle in the node's namespace.
@@ -70,7 +86,14 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Agent{cfg: cfg, routes: link.NewRoutes(h), trigger: make(chan struct{}, 1)}, nil
+	a := &Agent{cfg: cfg, h: h, routes: link.NewRoutes(h), overlay: link.NewOverlay(h), trigger: make(chan struct{}, 1)}
+	if len(cfg.ClusterCIDRs) > 0 {
+		if a.masq, err = nft.NewMasq(cfg.NetNS); err != nil {
+			h.Close()
+			return nil, err
+		}
+	}
+	return a, nil
 }
 
 func nsPath(p string) string {
@@ -163,33 +186,96 @@ func (a *Agent) sync() error {
 			self = &nodes[len(nodes)-1]
 		}
 	}
-	if self != nil && len(self.PodCIDRs) > 0 {
-		if err := a.writeConflist(self.PodCIDRs); err != nil {
-			return fmt.Errorf("write conflist: %w", err)
-		}
+	if self == nil {
+		return fmt.Errorf("node %s is not in the API yet", a.cfg.NodeName)
 	}
-	st := routing.Desired(a.cfg.NodeName, nodes, a.cfg.Mode)
+	up, err := readUplink(a.h, *self)
+	if err != nil {
+		return fmt.Errorf("uplink: %w", err)
+	}
+	vx := a.cfg.VXLAN
+	vx.UplinkMTU = up.mtu
+	st := routing.Desired(routing.Self{Name: a.cfg.NodeName, Local: up.local}, nodes, routing.Config{Mode: a.cfg.Mode, VXLAN: vx})
 	for _, s := range st.Skipped {
 		a.cfg.Log.Warn("peer not routed", "reason", s)
 	}
-	changed, removed, err := a.routes.Sync(st.Routes)
-	if changed+removed > 0 {
-		a.cfg.Log.Info("routes synced", "changed", changed, "removed", removed, "total", len(st.Routes))
-	}
-	if err != nil {
+	if err := a.apply(st); err != nil {
 		return err
 	}
-	if self != nil && len(self.PodCIDRs) > 0 {
+	if err := a.syncMasq(up); err != nil {
+		return fmt.Errorf("masquerade: %w", err)
+	}
+	if len(self.PodCIDRs) > 0 {
+		if err := a.writeConflist(self.PodCIDRs, a.podMTU(*self, up)); err != nil {
+			return fmt.Errorf("write conflist: %w", err)
+		}
 		a.ready.Store(true)
 	}
 	return nil
 }
 
-func (a *Agent) writeConflist(cidrs []netip.Prefix) error {
+// apply makes the kernel match st: devices first (routes point at them),
+// then their neighbour and FDB entries, then routes, and last the removal
+// of devices nobody needs any more.
+func (a *Agent) apply(st routing.State) error {
+	if err := a.overlay.EnsureDevices(st.Devices); err != nil {
+		return err
+	}
+	nc, nr, err := a.overlay.SyncNeighbours(st.Neighbours, st.FDB)
+	if err != nil {
+		return err
+	}
+	changed, removed, err := a.routes.Sync(st.Routes)
+	if err != nil {
+		return err
+	}
+	pruned, err := a.overlay.PruneDevices(st.Devices)
+	if err != nil {
+		return err
+	}
+	if changed+removed+nc+nr+pruned > 0 {
+		a.cfg.Log.Info("routing synced", "routes", len(st.Routes), "changed", changed, "removed", removed,
+			"neighbours+fdb changed", nc, "removed", nr, "devices", len(st.Devices), "devices removed", pruned)
+	}
+	return nil
+}
+
+// podMTU is the configured MTU, or the uplink's less the overlay's cost.
+func (a *Agent) podMTU(me model.Node, up uplink) int {
+	if a.cfg.MTU > 0 {
+		return a.cfg.MTU
+	}
+	_, has4 := me.Addr(true)
+	_, has6 := me.Addr(false)
+	v6pods := false
+	for _, c := range me.PodCIDRs {
+		v6pods = v6pods || c.Addr().Is6()
+	}
+	return routing.PodMTU(up.mtu, a.cfg.Mode, has4, has6 && (v6pods || !has4))
+}
+
+// syncMasq rewrites the masquerade table when its inputs change, and on
+// every periodic resync as a safety net.
+func (a *Agent) syncMasq(up uplink) error {
+	if a.masq == nil {
+		return nil
+	}
+	c := nft.MasqConfig{Uplinks: up.names, PodRanges: a.cfg.ClusterCIDRs, Internal: append(append([]netip.Prefix{}, a.cfg.ClusterCIDRs...), a.cfg.ServiceCIDRs...)}
+	if a.lastMasq != nil && a.lastMasq.Equal(c) && time.Since(a.lastMasqRun) < a.cfg.ResyncPeriod {
+		return nil
+	}
+	if err := a.masq.Sync(context.Background(), c); err != nil {
+		return err
+	}
+	a.lastMasq, a.lastMasqRun = &c, time.Now()
+	return nil
+}
+
+func (a *Agent) writeConflist(cidrs []netip.Prefix, mtu int) error {
 	if a.cfg.CNIConfDir == "" {
 		return nil
 	}
-	data, err := Conflist(cidrs, a.cfg.MTU, a.cfg.CNIDataDir, a.cfg.Chain)
+	data, err := Conflist(cidrs, mtu, a.cfg.CNIDataDir, a.cfg.Chain)
 	if err != nil {
 		return err
 	}

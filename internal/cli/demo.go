@@ -20,7 +20,7 @@ func labDemoCmd(name *string) *cobra.Command {
 		Use:   "demo",
 		Short: "Bring up a lab, run a sample app, probe it, print the matrix, and bring it down",
 		RunE: func(cmd *cobra.Command, _ []string) (err error) {
-			fmt.Printf("==> podnet lab up --name %s --nodes %d (%s)\n", *name, o.nodes, o.family())
+			fmt.Printf("==> podnet lab up --name %s --nodes %d --mode %s --subnets %d (%s)\n", *name, o.nodes, o.mode, o.subnets, o.family())
 			if err := labUp(*name, o); err != nil {
 				return err
 			}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/podnet/podnet/internal/lab"
 	"github.com/podnet/podnet/internal/netns"
+	"github.com/podnet/podnet/internal/routing"
 )
 
 func labCmd() *cobra.Command {
@@ -39,9 +40,10 @@ func labCmd() *cobra.Command {
 }
 
 type upOptions struct {
-	nodes      int
-	ipv6, dual bool
-	kubeconfig string
+	nodes, subnets int
+	ipv6, dual     bool
+	mode           string
+	kubeconfig     string
 }
 
 func (o *upOptions) family() lab.Family {
@@ -59,6 +61,8 @@ func (o *upOptions) flags(c *cobra.Command) {
 	c.Flags().BoolVar(&o.ipv6, "ipv6", false, "IPv6 only")
 	c.Flags().BoolVar(&o.dual, "dual-stack", false, "IPv4 and IPv6")
 	c.Flags().StringVar(&o.kubeconfig, "kubeconfig", "", "use this kube-apiserver instead of the embedded control plane")
+	c.Flags().StringVar(&o.mode, "mode", "direct", "how nodes reach each other: direct, vxlan or auto")
+	c.Flags().IntVar(&o.subnets, "subnets", 1, "spread the nodes over this many subnets joined by a router (needs vxlan or auto)")
 }
 
 func labUpCmd(name *string) *cobra.Command {
@@ -70,7 +74,7 @@ func labUpCmd(name *string) *cobra.Command {
 			if err := labUp(*name, o); err != nil {
 				return err
 			}
-			fmt.Printf("lab %q is up: %d nodes (%s)\n", *name, o.nodes, o.family())
+			fmt.Printf("lab %q is up: %d nodes (%s, mode %s, %d subnet(s))\n", *name, o.nodes, o.family(), o.mode, o.subnets)
 			return printGet(*name, "nodes", "wide", os.Stdout)
 		},
 	}
@@ -102,7 +106,13 @@ func labUp(name string, o *upOptions) error {
 		return err
 	}
 	defer logf.Close()
-	args := []string{"lab", "serve", "--name", name, "--nodes", fmt.Sprint(o.nodes)}
+	if _, err := routing.ParseMode(o.mode); err != nil {
+		return err
+	}
+	if o.mode == string(routing.ModeDirect) && o.subnets > 1 {
+		return fmt.Errorf("direct mode needs every node on one L2 segment: use --mode vxlan or --mode auto with --subnets %d", o.subnets)
+	}
+	args := []string{"lab", "serve", "--name", name, "--nodes", fmt.Sprint(o.nodes), "--mode", o.mode, "--subnets", fmt.Sprint(o.subnets)}
 	if o.dual {
 		args = append(args, "--dual-stack")
 	} else if o.ipv6 {
@@ -158,7 +168,7 @@ func labServeCmd(name *string) *cobra.Command {
 			log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
-			l, err := lab.Up(ctx, lab.Options{Name: *name, Nodes: o.nodes, Family: o.family(), Kubeconfig: o.kubeconfig, Exe: self, Log: log})
+			l, err := lab.Up(ctx, lab.Options{Name: *name, Nodes: o.nodes, Family: o.family(), Mode: routing.Mode(o.mode), Subnets: o.subnets, Kubeconfig: o.kubeconfig, Exe: self, Log: log})
 			if err != nil {
 				return err
 			}

@@ -141,7 +141,7 @@ func (l *Lab) reportRunning(ctx context.Context, pod *corev1.Pod, sb *sandbox) e
 	if len(sb.ips) > 0 {
 		p.Status.PodIP = sb.ips[0].String()
 	}
-	for _, a := range nodeAddrs(l.opt.Family, sb.node.index) {
+	for _, a := range nodeAddrs(l.opt.Family, l.opt.Subnets, sb.node.index) {
 		p.Status.HostIPs = append(p.Status.HostIPs, corev1.HostIP{IP: a.Addr().String()})
 	}
 	p.Status.HostIP = p.Status.HostIPs[0].IP

@@ -16,6 +16,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
@@ -36,9 +37,13 @@ import (
 
 // Options configure a lab.
 type Options struct {
-	Name       string
-	Nodes      int
-	Family     Family
+	Name   string
+	Nodes  int
+	Family Family
+	Mode   routing.Mode
+	// Subnets spreads the nodes over this many subnets, joined by a
+	// router namespace. Only vxlan and auto connect nodes across them.
+	Subnets    int
 	Kubeconfig string
 	// Exe is the podnet binary the lab installs as its CNI plugin.
 	Exe string
@@ -91,6 +96,15 @@ func Up(ctx context.Context, opt Options) (l *Lab, err error) {
 	if opt.Log == nil {
 		opt.Log = slog.Default()
 	}
+	if opt.Mode == "" {
+		opt.Mode = routing.ModeDirect
+	}
+	if opt.Subnets < 1 || opt.Subnets > 50 {
+		return nil, fmt.Errorf("lab: --subnets must be 1-50, not %d", opt.Subnets)
+	}
+	if opt.Mode == routing.ModeDirect && opt.Subnets > 1 {
+		return nil, fmt.Errorf("lab: direct mode needs every node on one L2 segment; use --mode vxlan or --mode auto with --subnets %d", opt.Subnets)
+	}
 	l = &Lab{opt: opt, dir: Dir(opt.Name), sandboxes: map[string]*sandbox{}, log: opt.Log}
 	if err := writeState(l.dir, state{Name: opt.Name, PID: os.Getpid(), Prefix: Prefix(opt.Name)}); err != nil {
 		return nil, err
@@ -103,13 +117,21 @@ func Up(ctx context.Context, opt Options) (l *Lab, err error) {
 	if err := l.installCNI(); err != nil {
 		return nil, err
 	}
-	fabricPath, err := makeFabric(Prefix(opt.Name) + "fabric")
-	if err != nil {
+	var fabrics []string
+	for s := 1; s <= opt.Subnets; s++ {
+		p, err := makeFabric(fmt.Sprintf("%sfabric%d", Prefix(opt.Name), s))
+		if err != nil {
+			return nil, err
+		}
+		fabrics = append(fabrics, p)
+	}
+	if _, err := makeRouter(Prefix(opt.Name)+"router", fabrics, opt.Family); err != nil {
 		return nil, err
 	}
 	for i := 1; i <= opt.Nodes; i++ {
 		name := fmt.Sprintf("node%d", i)
-		p, err := makeNode(fabricPath, Prefix(opt.Name)+name, name, nodeAddrs(opt.Family, i))
+		s := subnetOf(i, opt.Subnets)
+		p, err := makeNode(fabrics[s-1], Prefix(opt.Name)+name, name, nodeAddrs(opt.Family, opt.Subnets, i), gateways(opt.Family, s))
 		if err != nil {
 			return nil, err
 		}
@@ -136,14 +158,15 @@ func Up(ctx context.Context, opt Options) (l *Lab, err error) {
 	l.cancel = cancel
 	for _, n := range l.nodes {
 		a, err := agent.New(agent.Config{
-			NodeName:   n.name,
-			Client:     l.client,
-			NetNS:      n.nsPath,
-			Mode:       routing.ModeDirect,
-			CNIConfDir: n.confDir,
-			CNIDataDir: filepath.Join(l.dir, "nodes", n.name, "ipam"),
-			MTU:        1500,
-			Log:        l.log.With("component", "agent"),
+			NodeName:     n.name,
+			Client:       l.client,
+			NetNS:        n.nsPath,
+			Mode:         opt.Mode,
+			ClusterCIDRs: clusterCIDRs(opt.Family),
+			ServiceCIDRs: serviceCIDRs(opt.Family),
+			CNIConfDir:   n.confDir,
+			CNIDataDir:   filepath.Join(l.dir, "nodes", n.name, "ipam"),
+			Log:          l.log.With("component", "agent"),
 		})
 		if err != nil {
 			return nil, err
@@ -201,7 +224,7 @@ func (l *Lab) registerNodes(ctx context.Context) error {
 		}
 		obj.Spec.PodCIDR = obj.Spec.PodCIDRs[0]
 		obj.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, LastHeartbeatTime: metav1.Now()}}
-		for _, a := range nodeAddrs(l.opt.Family, n.index) {
+		for _, a := range nodeAddrs(l.opt.Family, l.opt.Subnets, n.index) {
 			obj.Status.Addresses = append(obj.Status.Addresses, corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: a.Addr().String()})
 		}
 		obj.Status.Addresses = append(obj.Status.Addresses, corev1.NodeAddress{Type: corev1.NodeHostName, Address: n.name})
@@ -268,4 +291,28 @@ func (l *Lab) Close() error {
 		}
 	}
 	return Cleanup(l.opt.Name)
+}
+
+// clusterCIDRs are the cluster-wide pod ranges the lab carves node ranges
+// from.
+func clusterCIDRs(f Family) []netip.Prefix {
+	var out []netip.Prefix
+	if f.has4() {
+		out = append(out, netip.MustParsePrefix("10.244.0.0/16"))
+	}
+	if f.has6() {
+		out = append(out, netip.MustParsePrefix("fd00:10:244::/56"))
+	}
+	return out
+}
+
+func serviceCIDRs(f Family) []netip.Prefix {
+	var out []netip.Prefix
+	if f.has4() {
+		out = append(out, serviceRange4)
+	}
+	if f.has6() {
+		out = append(out, serviceRange6)
+	}
+	return out
 }

@@ -60,7 +60,7 @@ func (l *Lab) Probe(ctx context.Context, req ProbeRequest) []ProbeResult {
 				continue
 			}
 			for _, pp := range targetPorts(to.pod, req) {
-				jobs = append(jobs, &ProbeResult{From: from.key, To: to.key, Port: pp.port, Protocol: pp.proto})
+				jobs = append(jobs, &ProbeResult{From: from.key, To: to.key, Port: pp.port, Protocol: pp.proto, Target: netip.AddrPortFrom(ip, uint16(pp.port)).String()})
 				dsts = append(dsts, netip.AddrPortFrom(ip, uint16(pp.port)))
 				srcs = append(srcs, from.from.nsPath)
 			}
@@ -78,7 +78,8 @@ func (l *Lab) Probe(ctx context.Context, req ProbeRequest) []ProbeResult {
 				jobs[i].Error = err.Error()
 				return
 			}
-			jobs[i].Connected, jobs[i].AnsweredBy = true, ans
+			jobs[i].Connected = true
+			jobs[i].AnsweredBy, jobs[i].Source = parseAnswer(ans)
 		}(i)
 	}
 	wg.Wait()

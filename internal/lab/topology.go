@@ -26,23 +26,48 @@ func (f Family) has4() bool { return f != IPv6 }
 func (f Family) has6() bool { return f != IPv4 }
 
 // Address plan. Every address lives only inside the lab's namespaces.
+//
+// Subnet s (1-based) is 192.168.(76+s).0/24 and fd77:(s-1)::/64, so the
+// first subnet is 192.168.77.0/24 and fd77::/64. The router namespace has
+// the first address of every subnet and is every node's default gateway;
+// it also holds the "outside world" addresses, which are not in any
+// cluster range.
 var (
-	fabric4 = netip.MustParsePrefix("192.168.77.0/24")
-	fabric6 = netip.MustParsePrefix("fd77::/64")
+	External4 = netip.MustParseAddr("203.0.113.1")
+	External6 = netip.MustParseAddr("2001:db8:ffff::1")
 )
 
-// nodeAddrs returns node i's (1-based) underlay addresses.
-func nodeAddrs(f Family, i int) []netip.Prefix {
+func subnetOf(i, subnets int) int { return (i-1)%subnets + 1 }
+
+func subnetAddr(f bool, s, host int) netip.Prefix {
+	if f {
+		return netip.MustParsePrefix(fmt.Sprintf("192.168.%d.%d/24", 76+s, host))
+	}
+	return netip.MustParsePrefix(fmt.Sprintf("fd77:%x::%d/64", s-1, host))
+}
+
+// nodeAddrs returns node i's (1-based) underlay addresses: host number
+// 10+i in its subnet (node1 is 192.168.77.11 and fd77::11).
+func nodeAddrs(f Family, subnets, i int) []netip.Prefix {
 	var out []netip.Prefix
+	s := subnetOf(i, subnets)
 	if f.has4() {
-		b := fabric4.Addr().As4()
-		b[3] = byte(10 + i)
-		out = append(out, netip.PrefixFrom(netip.AddrFrom4(b), fabric4.Bits()))
+		out = append(out, subnetAddr(true, s, 10+i))
 	}
 	if f.has6() {
-		// fd77::11 for node1: the same last digits as its IPv4 address.
-		a := netip.MustParseAddr(fmt.Sprintf("fd77::%d", 10+i))
-		out = append(out, netip.PrefixFrom(a, fabric6.Bits()))
+		out = append(out, subnetAddr(false, s, 10+i))
+	}
+	return out
+}
+
+// gateways returns the router's addresses on subnet s.
+func gateways(f Family, s int) []netip.Addr {
+	var out []netip.Addr
+	if f.has4() {
+		out = append(out, subnetAddr(true, s, 1).Addr())
+	}
+	if f.has6() {
+		out = append(out, subnetAddr(false, s, 1).Addr())
 	}
 	return out
 }
@@ -81,64 +106,59 @@ func makeFabric(name string) (string, error) {
 	return p, nil
 }
 
-// makeNode creates a node namespace wired to the fabric by a veth whose
-// node end is called eth0, as a host's uplink would be.
-func makeNode(fabricPath, nsName, port string, addrs []netip.Prefix) (string, error) {
+// makeRouter creates the router namespace and plugs it into each subnet's
+// fabric with the subnet's first addresses.
+func makeRouter(nsName string, fabrics []string, f Family) (string, error) {
 	p, err := netns.Create(nsName)
 	if err != nil {
 		return "", err
 	}
-	fh, err := netns.Handle(fabricPath)
-	if err != nil {
-		return "", err
-	}
-	defer fh.Close()
-	nodeFd, err := vns.GetFromPath(p)
-	if err != nil {
-		return "", err
-	}
-	defer nodeFd.Close()
-	v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: port}, PeerName: "eth0", PeerNamespace: netlink.NsFd(int(nodeFd))}
-	if err := fh.LinkAdd(v); err != nil {
-		return "", fmt.Errorf("node %s uplink: %w", nsName, err)
-	}
-	br, err := fh.LinkByName("br0")
-	if err != nil {
-		return "", err
-	}
-	fl, err := fh.LinkByName(port)
-	if err != nil {
-		return "", err
-	}
-	if err := fh.LinkSetMaster(fl, br); err != nil {
-		return "", err
-	}
-	if err := fh.LinkSetUp(fl); err != nil {
-		return "", err
-	}
-	nh, err := netns.Handle(p)
-	if err != nil {
-		return "", err
-	}
-	defer nh.Close()
-	eth0, err := nh.LinkByName("eth0")
-	if err != nil {
-		return "", err
-	}
-	for _, a := range addrs {
-		addr := &netlink.Addr{IPNet: &net.IPNet{IP: a.Addr().AsSlice(), Mask: net.CIDRMask(a.Bits(), a.Addr().BitLen())}}
-		if a.Addr().Is6() {
-			addr.Flags = unix.IFA_F_NODAD
+	for s, fab := range fabrics {
+		var addrs []netip.Prefix
+		if f.has4() {
+			addrs = append(addrs, subnetAddr(true, s+1, 1))
 		}
-		if err := nh.AddrAdd(eth0, addr); err != nil {
-			return "", fmt.Errorf("node %s address %s: %w", nsName, a, err)
+		if f.has6() {
+			addrs = append(addrs, subnetAddr(false, s+1, 1))
 		}
+		if err := plug(fab, p, fmt.Sprintf("router%d", s+1), fmt.Sprintf("s%d", s+1), addrs, nil); err != nil {
+			return "", fmt.Errorf("router: %w", err)
+		}
+	}
+	h, err := netns.Handle(p)
+	if err != nil {
+		return "", err
+	}
+	defer h.Close()
+	lo, _ := h.LinkByName("lo")
+	for _, a := range []netip.Addr{External4, External6} {
+		if (a.Is4() && !f.has4()) || (a.Is6() && !f.has6()) {
+			continue
+		}
+		if err := h.AddrAdd(lo, &netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(a.BitLen(), a.BitLen())}}); err != nil {
+			return "", fmt.Errorf("router: external address %s: %w", a, err)
+		}
+	}
+	for _, key := range []string{"net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"} {
+		if err := netns.Sysctl(p, key, "1"); err != nil {
+			return "", err
+		}
+	}
+	return p, nil
+}
+
+// makeNode creates a node namespace wired to its subnet's fabric by a veth
+// whose node end is called eth0, as a host's uplink would be, with a
+// default route through the router.
+func makeNode(fabricPath, nsName, port string, addrs []netip.Prefix, gws []netip.Addr) (string, error) {
+	p, err := netns.Create(nsName)
+	if err != nil {
+		return "", err
+	}
+	if err := plug(fabricPath, p, port, "eth0", addrs, gws); err != nil {
+		return "", fmt.Errorf("node %s: %w", nsName, err)
 	}
 	for _, kv := range [][2]string{
-		// Without DAD the uplink's link-local address is usable at once;
-		// with it, neighbour solicitations for forwarded pod traffic wait
-		// a second or more for a source address.
-		{"net/ipv6/conf/eth0/accept_dad", "0"},
 		{"net/ipv4/ip_forward", "1"},
 		{"net/ipv6/conf/all/forwarding", "1"},
 	} {
@@ -146,8 +166,76 @@ func makeNode(fabricPath, nsName, port string, addrs []netip.Prefix) (string, er
 			return "", fmt.Errorf("node %s sysctl %s: %w", nsName, kv[0], err)
 		}
 	}
-	if err := nh.LinkSetUp(eth0); err != nil {
-		return "", err
-	}
 	return p, nil
+}
+
+// plug connects the namespace at p to the fabric's bridge with a veth
+// (port on the fabric side, ifName inside p), addresses it, and adds
+// default routes via gws.
+func plug(fabricPath, p, port, ifName string, addrs []netip.Prefix, gws []netip.Addr) error {
+	fh, err := netns.Handle(fabricPath)
+	if err != nil {
+		return err
+	}
+	defer fh.Close()
+	nodeFd, err := vns.GetFromPath(p)
+	if err != nil {
+		return err
+	}
+	defer nodeFd.Close()
+	v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: port}, PeerName: ifName, PeerNamespace: netlink.NsFd(int(nodeFd))}
+	if err := fh.LinkAdd(v); err != nil {
+		return fmt.Errorf("uplink: %w", err)
+	}
+	br, err := fh.LinkByName("br0")
+	if err != nil {
+		return err
+	}
+	fl, err := fh.LinkByName(port)
+	if err != nil {
+		return err
+	}
+	if err := fh.LinkSetMaster(fl, br); err != nil {
+		return err
+	}
+	if err := fh.LinkSetUp(fl); err != nil {
+		return err
+	}
+	nh, err := netns.Handle(p)
+	if err != nil {
+		return err
+	}
+	defer nh.Close()
+	eth0, err := nh.LinkByName(ifName)
+	if err != nil {
+		return err
+	}
+	for _, a := range addrs {
+		addr := &netlink.Addr{IPNet: &net.IPNet{IP: a.Addr().AsSlice(), Mask: net.CIDRMask(a.Bits(), a.Addr().BitLen())}}
+		if a.Addr().Is6() {
+			addr.Flags = unix.IFA_F_NODAD
+		}
+		if err := nh.AddrAdd(eth0, addr); err != nil {
+			return fmt.Errorf("address %s: %w", a, err)
+		}
+	}
+	// Without DAD the link-local address is usable at once; with it,
+	// neighbour solicitations for forwarded traffic wait a second or more
+	// for a source address.
+	if err := netns.Sysctl(p, "net/ipv6/conf/"+ifName+"/accept_dad", "0"); err != nil {
+		return err
+	}
+	if err := nh.LinkSetUp(eth0); err != nil {
+		return err
+	}
+	for _, gw := range gws {
+		dst := &net.IPNet{IP: net.IPv4zero, Mask: net.CIDRMask(0, 32)}
+		if gw.Is6() {
+			dst = &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}
+		}
+		if err := nh.RouteAdd(&netlink.Route{LinkIndex: eth0.Attrs().Index, Dst: dst, Gw: gw.AsSlice()}); err != nil {
+			return fmt.Errorf("default route via %s: %w", gw, err)
+		}
+	}
+	return nil
 }

@@ -42,7 +42,9 @@ func startWorkload(nsPath string, pod *corev1.Pod) (*workload, error) {
 
 func (w *workload) serve(nsPath string, p corev1.ContainerPort) error {
 	addr := ":" + strconv.Itoa(int(p.ContainerPort))
-	reply := []byte(w.id + "\n")
+	// The answer names the pod, and on a second line the source address
+	// the request arrived from, so probes can check for NAT.
+	reply := func(from net.Addr) []byte { return []byte(w.id + "\nsrc " + hostOf(from) + "\n") }
 	switch p.Protocol {
 	case corev1.ProtocolTCP, "":
 		var ln net.Listener
@@ -59,7 +61,7 @@ func (w *workload) serve(nsPath string, p corev1.ContainerPort) error {
 					return
 				}
 				c.SetDeadline(time.Now().Add(5 * time.Second))
-				c.Write(reply)
+				c.Write(reply(c.RemoteAddr()))
 				c.Close()
 			}
 		}()
@@ -78,7 +80,7 @@ func (w *workload) serve(nsPath string, p corev1.ContainerPort) error {
 				if err != nil {
 					return
 				}
-				pc.WriteTo(reply, from)
+				pc.WriteTo(reply(from), from)
 			}
 		}()
 	default:
@@ -95,15 +97,35 @@ func (w *workload) Close() error {
 	return nil
 }
 
+func hostOf(a net.Addr) string {
+	ap, err := netip.ParseAddrPort(a.String())
+	if err != nil {
+		return a.String()
+	}
+	return ap.Addr().Unmap().String()
+}
+
 // ProbeResult is one pod → target attempt. Its JSON form is a contract.
 type ProbeResult struct {
-	From       string `json:"from"`
-	To         string `json:"to"`
-	Port       int    `json:"port"`
-	Protocol   string `json:"protocol"`
-	Connected  bool   `json:"connected"`
+	From      string `json:"from"`
+	To        string `json:"to"`
+	Port      int    `json:"port"`
+	Protocol  string `json:"protocol"`
+	Connected bool   `json:"connected"`
+	// AnsweredBy is the namespace/name of the pod that answered, and
+	// Source the address the request arrived from, as the server saw it.
 	AnsweredBy string `json:"answeredBy,omitempty"`
-	Error      string `json:"error,omitempty"`
+	Source     string `json:"source,omitempty"`
+	// Target is the address that was tried.
+	Target string `json:"target,omitempty"`
+	Error  string `json:"error,omitempty"`
+}
+
+// parseAnswer splits a workload's answer into its two lines.
+func parseAnswer(s string) (who, src string) {
+	who, rest, _ := strings.Cut(s, "\n")
+	src = strings.TrimPrefix(strings.TrimSpace(rest), "src ")
+	return strings.TrimSpace(who), src
 }
 
 // dial sends one request from inside the namespace at nsPath to dst and

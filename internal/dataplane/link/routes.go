@@ -34,6 +34,7 @@ func NewRoutes(h *netlink.Handle) *Routes { return &Routes{h: h} }
 // Installed lists podnet's peer routes currently in the main table.
 func (r *Routes) Installed() ([]routing.Route, error) {
 	var out []routing.Route
+	rh := r.h
 	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
 		rs, err := r.h.RouteListFiltered(fam, &netlink.Route{Protocol: PeerProtocol, Table: unix.RT_TABLE_MAIN},
 			netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
@@ -49,7 +50,13 @@ func (r *Routes) Installed() ([]routing.Route, error) {
 				continue
 			}
 			via, _ := netip.AddrFromSlice(x.Gw)
-			out = append(out, routing.Route{Dst: dst, Via: via.Unmap()})
+			r := routing.Route{Dst: dst, Via: via.Unmap(), OnLink: x.Flags&int(netlink.FLAG_ONLINK) != 0}
+			if r.OnLink {
+				if l, err := r2link(rh, x.LinkIndex); err == nil {
+					r.Dev = l
+				}
+			}
+			out = append(out, r)
 		}
 	}
 	return out, nil
@@ -64,20 +71,30 @@ func (r *Routes) Sync(want []routing.Route) (changed, removed int, err error) {
 	if err != nil {
 		return 0, 0, err
 	}
-	cur := map[netip.Prefix]netip.Addr{}
+	cur := map[netip.Prefix]routing.Route{}
 	for _, x := range have {
-		cur[x.Dst] = x.Via
+		cur[x.Dst] = x
 	}
 	keep := map[netip.Prefix]bool{}
 	var errs []error
 	for _, w := range want {
 		keep[w.Dst] = true
-		if via, ok := cur[w.Dst]; ok && via == w.Via {
+		if c, ok := cur[w.Dst]; ok && c.Via == w.Via && c.Dev == w.Dev && c.OnLink == w.OnLink {
 			continue
 		}
-		if err := r.h.RouteReplace(&netlink.Route{
-			Dst: ipNet(w.Dst), Gw: w.Via.AsSlice(), Protocol: PeerProtocol, Table: unix.RT_TABLE_MAIN,
-		}); err != nil {
+		nr := &netlink.Route{Dst: ipNet(w.Dst), Gw: w.Via.AsSlice(), Protocol: PeerProtocol, Table: unix.RT_TABLE_MAIN}
+		if w.Dev != "" {
+			l, err := r.h.LinkByName(w.Dev)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("route %s: %w", w, err))
+				continue
+			}
+			nr.LinkIndex = l.Attrs().Index
+		}
+		if w.OnLink {
+			nr.Flags = int(netlink.FLAG_ONLINK)
+		}
+		if err := r.h.RouteReplace(nr); err != nil {
 			errs = append(errs, fmt.Errorf("route %s: %w", w, err))
 			continue
 		}
@@ -105,7 +122,8 @@ func (r *Routes) Dump() (string, error) {
 	}
 	var lines []string
 	for _, x := range rs {
-		lines = append(lines, fmt.Sprintf("%s via %s", x.Dst, x.Via))
+		x.Peer = ""
+		lines = append(lines, x.String())
 	}
 	sort.Strings(lines)
 	return strings.Join(lines, "\n"), nil
@@ -122,4 +140,12 @@ func prefix(n *net.IPNet) (netip.Prefix, bool) {
 	}
 	bits, _ := n.Mask.Size()
 	return netip.PrefixFrom(a.Unmap(), bits), true
+}
+
+func r2link(h *netlink.Handle, index int) (string, error) {
+	l, err := h.LinkByIndex(index)
+	if err != nil {
+		return "", err
+	}
+	return l.Attrs().Name, nil
 }
