@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -52,7 +53,10 @@ type Config struct {
 	// Chain lists reference plugins to chain after podnet in the conflist.
 	Chain        []string
 	ResyncPeriod time.Duration
-	Log          *slog.Logger
+	// Allocator, when set, claims pod ranges for this node if the cluster
+	// assigns none.
+	Allocator *BlockAllocator
+	Log       *slog.Logger
 }
 
 // Agent is one node's podnet daemon.
@@ -68,7 +72,11 @@ type Agent struct {
 
 	lastMasq    *nft.MasqConfig
 	lastMasqRun time.Time
+	metrics     *metrics
 }
+
+// Registry is the agent's Prometheus registry, for /metrics.
+func (a *Agent) Registry() *prometheus.Registry { return a.metrics.registry }
 
 // New builds an agent. It opens a netlink handle in the node's namespace.
 func New(cfg Config) (*Agent, error) {
@@ -86,7 +94,7 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, h: h, routes: link.NewRoutes(h), overlay: link.NewOverlay(h), trigger: make(chan struct{}, 1)}
+	a := &Agent{cfg: cfg, h: h, routes: link.NewRoutes(h), overlay: link.NewOverlay(h), trigger: make(chan struct{}, 1), metrics: newMetrics()}
 	if len(cfg.ClusterCIDRs) > 0 {
 		if a.masq, err = nft.NewMasq(cfg.NetNS); err != nil {
 			h.Close()
@@ -135,6 +143,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	if !cache.WaitForCacheSync(ctx.Done(), inf.Informer().HasSynced) {
 		return ctx.Err()
 	}
+	if a.cfg.Allocator != nil {
+		if err := a.claimPodCIDRs(ctx); err != nil {
+			return err
+		}
+	}
 	a.loop(ctx)
 	return nil
 }
@@ -157,13 +170,19 @@ func (a *Agent) loop(ctx context.Context) {
 			return
 		case <-a.trigger:
 		case <-resync.C:
+			a.releaseOrphanBlocks(ctx)
 		case <-retry:
 		}
-		if err := a.sync(); err != nil {
+		t0 := time.Now()
+		err := a.sync()
+		a.metrics.syncDuration.Observe(time.Since(t0).Seconds())
+		if err != nil {
+			a.metrics.syncs.WithLabelValues("error").Inc()
 			backoff = min(max(2*backoff, 100*time.Millisecond), 30*time.Second)
 			a.cfg.Log.Error("sync failed", "err", err, "retry", backoff)
 			continue
 		}
+		a.metrics.syncs.WithLabelValues("success").Inc()
 		backoff = 0
 	}
 }
@@ -199,6 +218,8 @@ func (a *Agent) sync() error {
 	for _, s := range st.Skipped {
 		a.cfg.Log.Warn("peer not routed", "reason", s)
 	}
+	a.metrics.peers.Set(float64(len(nodes) - 1))
+	a.metrics.skipped.Set(float64(len(st.Skipped)))
 	if err := a.apply(st); err != nil {
 		return err
 	}
@@ -233,6 +254,12 @@ func (a *Agent) apply(st routing.State) error {
 	if err != nil {
 		return err
 	}
+	a.metrics.routes.Set(float64(len(st.Routes)))
+	a.metrics.overlay.WithLabelValues("device").Set(float64(len(st.Devices)))
+	a.metrics.overlay.WithLabelValues("neighbour").Set(float64(len(st.Neighbours)))
+	a.metrics.overlay.WithLabelValues("fdb").Set(float64(len(st.FDB)))
+	a.metrics.changes.WithLabelValues("change").Add(float64(changed + nc))
+	a.metrics.changes.WithLabelValues("remove").Add(float64(removed + nr + pruned))
 	if changed+removed+nc+nr+pruned > 0 {
 		a.cfg.Log.Info("routing synced", "routes", len(st.Routes), "changed", changed, "removed", removed,
 			"neighbours+fdb changed", nc, "removed", nr, "devices", len(st.Devices), "devices removed", pruned)
@@ -296,4 +323,39 @@ func (a *Agent) RemoveConflist() error {
 		return nil
 	}
 	return err
+}
+
+// claimPodCIDRs runs the block allocator until this node has pod ranges,
+// retrying with back-off while the API is unhappy.
+func (a *Agent) claimPodCIDRs(ctx context.Context) error {
+	backoff := 200 * time.Millisecond
+	for {
+		cidrs, err := a.cfg.Allocator.Ensure(ctx, a.cfg.NodeName)
+		if err == nil {
+			a.cfg.Log.Info("pod ranges", "podCIDRs", cidrs)
+			return nil
+		}
+		a.cfg.Log.Error("claim pod ranges", "err", err, "retry", backoff)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 30*time.Second)
+	}
+}
+
+func (a *Agent) releaseOrphanBlocks(ctx context.Context) {
+	if a.cfg.Allocator == nil {
+		return
+	}
+	objs, err := a.nodes()
+	if err != nil {
+		return
+	}
+	if n, err := a.cfg.Allocator.ReleaseOrphans(ctx, objs); err != nil {
+		a.cfg.Log.Warn("release orphaned blocks", "err", err)
+	} else if n > 0 {
+		a.cfg.Log.Info("released blocks of deleted nodes", "count", n)
+	}
 }

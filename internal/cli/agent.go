@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -12,93 +13,194 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	"sigs.k8s.io/yaml"
 
 	"github.com/podnet/podnet/internal/agent"
 	"github.com/podnet/podnet/internal/cni"
 	"github.com/podnet/podnet/internal/routing"
 )
 
+// agentConfig is the agent's configuration. It is read from a YAML file
+// (--config) and then overridden by any flag given on the command line.
+// The keys are documented in docs/agent.md.
+type agentConfig struct {
+	NodeName         string   `json:"nodeName"`
+	Kubeconfig       string   `json:"kubeconfig"`
+	Mode             string   `json:"mode"`
+	ClusterCIDRs     []string `json:"clusterCIDRs"`
+	ServiceCIDRs     []string `json:"serviceCIDRs"`
+	AllocatePodCIDRs bool     `json:"allocatePodCIDRs"`
+	NodeCIDRMaskV4   int      `json:"nodeCIDRMaskSizeIPv4"`
+	NodeCIDRMaskV6   int      `json:"nodeCIDRMaskSizeIPv6"`
+	LeaseNamespace   string   `json:"leaseNamespace"`
+	VXLANVNI         uint32   `json:"vxlanVNI"`
+	VXLANPort        uint16   `json:"vxlanPort"`
+	MTU              int      `json:"mtu"`
+	CNIConfDir       string   `json:"cniConfDir"`
+	CNIBinDir        string   `json:"cniBinDir"`
+	CNIDataDir       string   `json:"cniDataDir"`
+	CNIChain         []string `json:"cniChain"`
+	RemoveConfOnExit bool     `json:"removeCNIConfigOnExit"`
+	HealthAddr       string   `json:"healthAddr"`
+	ResyncPeriod     string   `json:"resyncPeriod"`
+}
+
+func defaultAgentConfig() agentConfig {
+	return agentConfig{
+		Mode: "auto", NodeCIDRMaskV4: 24, NodeCIDRMaskV6: 64, LeaseNamespace: "kube-system",
+		VXLANVNI: routing.DefaultVXLAN.VNI, VXLANPort: routing.DefaultVXLAN.Port,
+		CNIConfDir: "/etc/cni/net.d", CNIDataDir: cni.DefaultDataDir, CNIChain: []string{"portmap"},
+		HealthAddr: "0.0.0.0:9941", ResyncPeriod: "30s",
+	}
+}
+
 func agentCmd() *cobra.Command {
-	var (
-		nodeName, kubeconfig, mode, confDir, binDir, dataDir, chain, healthAddr string
-		mtu                                                                     int
-		resync                                                                  time.Duration
-	)
-	c := &cobra.Command{
+	c := defaultAgentConfig()
+	var configFile, clusterCIDRs, serviceCIDRs, chain string
+	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Run the per-node agent (in a cluster: as a DaemonSet pod on the host network)",
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if nodeName == "" {
-				nodeName = os.Getenv("NODE_NAME")
-			}
-			if nodeName == "" {
-				return fmt.Errorf("--node-name (or NODE_NAME from the downward API) is required")
-			}
-			m, err := routing.ParseMode(mode)
-			if err != nil {
-				return err
-			}
-			var cfg *rest.Config
-			if kubeconfig != "" {
-				cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
-			} else {
-				cfg, err = rest.InClusterConfig()
-			}
-			if err != nil {
-				return fmt.Errorf("kubernetes client config: %w", err)
-			}
-			client, err := kubernetes.NewForConfig(cfg)
-			if err != nil {
-				return err
-			}
-			if binDir != "" {
-				if err := installBinary(binDir); err != nil {
-					return fmt.Errorf("install CNI binary: %w", err)
+			cfg := defaultAgentConfig()
+			if configFile != "" {
+				b, err := os.ReadFile(configFile)
+				if err != nil {
+					return err
+				}
+				if err := yaml.UnmarshalStrict(b, &cfg); err != nil {
+					return fmt.Errorf("config %s: %w", configFile, err)
 				}
 			}
-			var chained []string
-			if chain != "" {
-				chained = strings.Split(chain, ",")
-			}
-			a, err := agent.New(agent.Config{
-				NodeName: nodeName, Client: client, Mode: m, CNIConfDir: confDir,
-				CNIDataDir: dataDir, MTU: mtu, Chain: chained, ResyncPeriod: resync,
-				Log: slog.New(slog.NewTextHandler(os.Stderr, nil)),
-			})
-			if err != nil {
-				return err
-			}
-			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-			defer stop()
-			if healthAddr != "" {
-				go serveHealth(healthAddr, a)
-			}
-			err = a.Run(ctx)
-			// Leaving for good: the runtime must stop using a config that
-			// nobody maintains.
-			a.RemoveConflist()
-			return err
+			// Flags given on the command line win over the file.
+			cmd.Flags().Visit(func(f *pflagFlag) { applyFlag(&cfg, &c, f.Name, clusterCIDRs, serviceCIDRs, chain) })
+			return runAgent(cfg)
 		},
 	}
-	f := c.Flags()
-	f.StringVar(&nodeName, "node-name", "", "this node's name (default $NODE_NAME)")
-	f.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster config)")
-	f.StringVar(&mode, "mode", "direct", "how to reach other nodes: direct")
-	f.StringVar(&confDir, "cni-conf-dir", "/etc/cni/net.d", "where to write the CNI conflist")
-	f.StringVar(&binDir, "cni-bin-dir", "", "install the podnet binary here as the CNI plugin (empty: skip)")
-	f.StringVar(&dataDir, "cni-data-dir", cni.DefaultDataDir, "the plugin's allocation store")
-	f.StringVar(&chain, "cni-chain", "portmap", "reference plugins to chain after podnet (comma-separated: portmap,bandwidth,tuning)")
-	f.IntVar(&mtu, "mtu", 1500, "pod interface MTU")
-	f.DurationVar(&resync, "resync", 30*time.Second, "full resync period")
-	f.StringVar(&healthAddr, "health-addr", "127.0.0.1:9941", "address for /healthz and /readyz (empty: off)")
-	return c
+	f := cmd.Flags()
+	f.StringVar(&configFile, "config", "", "YAML config file (flags override it)")
+	f.StringVar(&c.NodeName, "node-name", "", "this node's name (default $NODE_NAME, from the downward API)")
+	f.StringVar(&c.Kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster config)")
+	f.StringVar(&c.Mode, "mode", c.Mode, "how to reach other nodes: direct, vxlan or auto")
+	f.StringVar(&clusterCIDRs, "cluster-cidr", "", "the cluster's pod ranges, comma-separated (enables masquerade and block allocation)")
+	f.StringVar(&serviceCIDRs, "service-cidr", "", "the cluster's service ranges, comma-separated (never masqueraded)")
+	f.BoolVar(&c.AllocatePodCIDRs, "allocate-pod-cidrs", false, "claim a block of --cluster-cidr for this node when the cluster assigns none")
+	f.IntVar(&c.NodeCIDRMaskV4, "node-cidr-mask-size-ipv4", c.NodeCIDRMaskV4, "IPv4 block size for --allocate-pod-cidrs")
+	f.IntVar(&c.NodeCIDRMaskV6, "node-cidr-mask-size-ipv6", c.NodeCIDRMaskV6, "IPv6 block size for --allocate-pod-cidrs")
+	f.StringVar(&c.LeaseNamespace, "lease-namespace", c.LeaseNamespace, "namespace of the Leases that claim blocks")
+	f.Uint32Var(&c.VXLANVNI, "vxlan-vni", c.VXLANVNI, "VXLAN network identifier")
+	f.Uint16Var(&c.VXLANPort, "vxlan-port", c.VXLANPort, "VXLAN UDP port")
+	f.IntVar(&c.MTU, "mtu", 0, "pod MTU (0: the uplink's, less the overlay's overhead)")
+	f.StringVar(&c.CNIConfDir, "cni-conf-dir", c.CNIConfDir, "where to write the CNI conflist")
+	f.StringVar(&c.CNIBinDir, "cni-bin-dir", "", "install the podnet binary here as the CNI plugin (empty: skip)")
+	f.StringVar(&c.CNIDataDir, "cni-data-dir", c.CNIDataDir, "the plugin's allocation store")
+	f.StringVar(&chain, "cni-chain", strings.Join(c.CNIChain, ","), "reference plugins to chain after podnet (portmap, bandwidth, tuning)")
+	f.BoolVar(&c.RemoveConfOnExit, "remove-cni-config-on-exit", false, "remove the conflist when the agent exits (an uninstall, not a restart)")
+	f.StringVar(&c.HealthAddr, "health-addr", c.HealthAddr, "address for /healthz, /readyz and /metrics (empty: off)")
+	f.StringVar(&c.ResyncPeriod, "resync", c.ResyncPeriod, "full resync period")
+	return cmd
 }
 
-func serveHealth(addr string, a *agent.Agent) {
+func parseCIDRs(s []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, x := range s {
+		x = strings.TrimSpace(x)
+		if x == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(x)
+		if err != nil {
+			return nil, fmt.Errorf("%q is not a CIDR", x)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
+}
+
+func runAgent(c agentConfig) error {
+	if c.NodeName == "" {
+		c.NodeName = os.Getenv("NODE_NAME")
+	}
+	if c.NodeName == "" {
+		return fmt.Errorf("the node name is required: --node-name, nodeName in the config, or NODE_NAME from the downward API")
+	}
+	mode, err := routing.ParseMode(c.Mode)
+	if err != nil {
+		return err
+	}
+	clusters, err := parseCIDRs(c.ClusterCIDRs)
+	if err != nil {
+		return fmt.Errorf("cluster CIDRs: %w", err)
+	}
+	services, err := parseCIDRs(c.ServiceCIDRs)
+	if err != nil {
+		return fmt.Errorf("service CIDRs: %w", err)
+	}
+	resync, err := time.ParseDuration(c.ResyncPeriod)
+	if err != nil || resync <= 0 {
+		return fmt.Errorf("resync period %q: want a positive duration", c.ResyncPeriod)
+	}
+	var rc *rest.Config
+	if c.Kubeconfig != "" {
+		rc, err = clientcmd.BuildConfigFromFlags("", c.Kubeconfig)
+	} else {
+		rc, err = rest.InClusterConfig()
+	}
+	if err != nil {
+		return fmt.Errorf("kubernetes client config: %w", err)
+	}
+	client, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	if c.CNIBinDir != "" {
+		if err := installBinary(c.CNIBinDir); err != nil {
+			return fmt.Errorf("install CNI binary: %w", err)
+		}
+		log.Info("installed CNI plugin", "dir", c.CNIBinDir)
+	}
+	var alloc *agent.BlockAllocator
+	if c.AllocatePodCIDRs {
+		if len(clusters) == 0 {
+			return fmt.Errorf("--allocate-pod-cidrs needs --cluster-cidr")
+		}
+		alloc = &agent.BlockAllocator{Client: client, Namespace: c.LeaseNamespace, Clusters: clusters, MaskSizes: [2]int{c.NodeCIDRMaskV4, c.NodeCIDRMaskV6}}
+	}
+	a, err := agent.New(agent.Config{
+		NodeName: c.NodeName, Client: client, Mode: mode,
+		VXLAN:        routing.VXLANConfig{VNI: c.VXLANVNI, Port: c.VXLANPort},
+		ClusterCIDRs: clusters, ServiceCIDRs: services,
+		CNIConfDir: c.CNIConfDir, CNIDataDir: c.CNIDataDir, MTU: c.MTU, Chain: c.CNIChain,
+		ResyncPeriod: resync, Allocator: alloc, Log: log,
+	})
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if c.HealthAddr != "" {
+		go serveHealth(c.HealthAddr, a, log)
+	}
+	err = a.Run(ctx)
+	if c.RemoveConfOnExit {
+		// An uninstall: the runtime must stop using a config nobody
+		// maintains. A plain restart keeps it, so pods keep starting.
+		if rerr := a.RemoveConflist(); rerr != nil {
+			log.Error("remove conflist", "err", rerr)
+		}
+	}
+	if err == context.Canceled {
+		return nil
+	}
+	return err
+}
+
+func serveHealth(addr string, a *agent.Agent, log *slog.Logger) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
@@ -108,7 +210,10 @@ func serveHealth(addr string, a *agent.Agent) {
 		}
 		w.Write([]byte("ok\n"))
 	})
-	http.ListenAndServe(addr, mux)
+	mux.Handle("/metrics", promhttp.HandlerFor(a.Registry(), promhttp.HandlerOpts{}))
+	if err := http.ListenAndServe(addr, mux); err != nil {
+		log.Error("health endpoint", "addr", addr, "err", err)
+	}
 }
 
 // installBinary copies the running binary to dir/podnet atomically, as a

@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/podnet/podnet/internal/lab"
 	"github.com/podnet/podnet/internal/netns"
 )

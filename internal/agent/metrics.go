@@ -1,0 +1,57 @@
+package agent
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// metrics are the agent's Prometheus series, registered on a registry of
+// the agent's own (the lab runs several agents in one process).
+type metrics struct {
+	registry     *prometheus.Registry
+	syncDuration prometheus.Histogram
+	syncs        *prometheus.CounterVec
+	peers        prometheus.Gauge
+	routes       prometheus.Gauge
+	overlay      *prometheus.GaugeVec
+	skipped      prometheus.Gauge
+	changes      *prometheus.CounterVec
+}
+
+func newMetrics() *metrics {
+	m := &metrics{
+		registry: prometheus.NewRegistry(),
+		syncDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "podnet_routing_sync_duration_seconds",
+			Help:    "Time to compute the routing state from the API and apply it to the kernel.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}),
+		syncs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "podnet_routing_syncs_total",
+			Help: "Routing syncs by result (success or error).",
+		}, []string{"result"}),
+		peers: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "podnet_routing_peers",
+			Help: "Peer nodes known from the API.",
+		}),
+		routes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "podnet_routing_routes",
+			Help: "Routes to peer pod ranges programmed in the kernel.",
+		}),
+		overlay: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "podnet_routing_overlay_entries",
+			Help: "Overlay objects programmed in the kernel, by kind (device, neighbour, fdb).",
+		}, []string{"kind"}),
+		skipped: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "podnet_routing_skipped_ranges",
+			Help: "Peer pod ranges that cannot be routed (see the agent log for why).",
+		}),
+		changes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "podnet_routing_kernel_changes_total",
+			Help: "Kernel objects added or changed, and removed, by the routing syncs.",
+		}, []string{"op"}),
+	}
+	m.registry.MustRegister(m.syncDuration, m.syncs, m.peers, m.routes, m.overlay, m.skipped, m.changes,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
