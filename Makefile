@@ -5,7 +5,7 @@ GO ?= go
 # poking around a lab.
 DEB_PACKAGES := iproute2 iptables nftables iperf3 iputils-ping
 
-.PHONY: build test deps lint demo bench
+.PHONY: build test deps lint demo bench kas
 
 build:
 	$(GO) build -o podnet ./cmd/podnet
@@ -20,8 +20,14 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
+# A real kube-apiserver (with embedded etcd) and kube-proxy, built from the
+# k8s.io/kubernetes module in test/kas, for the agent's integration tests.
+# The first build takes several minutes; later ones are seconds.
+kas:
+	bash test/kas/build.sh
+
 # The whole suite. Root tests skip with a reason when not run as root.
-test: lint
+test: lint kas
 	$(GO) test -count=1 -timeout 20m ./...
 
 demo: build
