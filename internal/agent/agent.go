@@ -16,8 +16,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
@@ -70,6 +68,7 @@ type Agent struct {
 	ready   atomic.Bool
 	nodes   func() ([]*corev1.Node, error)
 
+	configured  bool // the conflist has been written
 	lastMasq    *nft.MasqConfig
 	lastMasqRun time.Time
 	metrics     *metrics
@@ -129,18 +128,10 @@ func (a *Agent) kick() {
 // conflist is removed, so the runtime stops sending pods to a node whose
 // network is no longer managed.
 func (a *Agent) Run(ctx context.Context) error {
-	factory := informers.NewSharedInformerFactory(a.cfg.Client, 0)
-	inf := factory.Core().V1().Nodes()
-	inf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { a.kick() },
-		UpdateFunc: func(any, any) { a.kick() },
-		DeleteFunc: func(any) { a.kick() },
-	})
-	lister := inf.Lister()
-	a.nodes = func() ([]*corev1.Node, error) { return lister.List(labels.Everything()) }
-	factory.Start(ctx.Done())
-	defer factory.Shutdown()
-	if !cache.WaitForCacheSync(ctx.Done(), inf.Informer().HasSynced) {
+	store := &nodeStore{Store: cache.NewStore(cache.MetaNamespaceKeyFunc), onChange: a.kick}
+	a.nodes = store.nodes
+	watchNodes(ctx, a.cfg.Client, store)
+	if !cache.WaitForCacheSync(ctx.Done(), store.synced.Load) {
 		return ctx.Err()
 	}
 	if a.cfg.Allocator != nil {
@@ -183,6 +174,11 @@ func (a *Agent) loop(ctx context.Context) {
 			continue
 		}
 		a.metrics.syncs.WithLabelValues("success").Inc()
+		// Ready once a full sync has been applied with the node's own pod
+		// ranges known (so the conflist exists).
+		if a.configured {
+			a.ready.Store(true)
+		}
 		backoff = 0
 	}
 }
@@ -230,7 +226,7 @@ func (a *Agent) sync() error {
 		if err := a.writeConflist(self.PodCIDRs, a.podMTU(*self, up)); err != nil {
 			return fmt.Errorf("write conflist: %w", err)
 		}
-		a.ready.Store(true)
+		a.configured = true
 	}
 	return nil
 }

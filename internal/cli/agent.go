@@ -30,6 +30,7 @@ import (
 // The keys are documented in docs/agent.md.
 type agentConfig struct {
 	NodeName         string   `json:"nodeName"`
+	NetNS            string   `json:"netns"`
 	Kubeconfig       string   `json:"kubeconfig"`
 	Mode             string   `json:"mode"`
 	ClusterCIDRs     []string `json:"clusterCIDRs"`
@@ -59,6 +60,23 @@ func defaultAgentConfig() agentConfig {
 	}
 }
 
+// ParseAgentConfig checks an agent config file the way `podnet agent
+// --config` reads it.
+func ParseAgentConfig(b []byte) error {
+	cfg := defaultAgentConfig()
+	if err := yaml.UnmarshalStrict(b, &cfg); err != nil {
+		return err
+	}
+	if _, err := routing.ParseMode(cfg.Mode); err != nil {
+		return err
+	}
+	if _, err := parseCIDRs(cfg.ClusterCIDRs); err != nil {
+		return err
+	}
+	_, err := parseCIDRs(cfg.ServiceCIDRs)
+	return err
+}
+
 func agentCmd() *cobra.Command {
 	c := defaultAgentConfig()
 	var configFile, clusterCIDRs, serviceCIDRs, chain string
@@ -85,6 +103,7 @@ func agentCmd() *cobra.Command {
 	f.StringVar(&configFile, "config", "", "YAML config file (flags override it)")
 	f.StringVar(&c.NodeName, "node-name", "", "this node's name (default $NODE_NAME, from the downward API)")
 	f.StringVar(&c.Kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster config)")
+	f.StringVar(&c.NetNS, "netns", "", "manage the network namespace at this path instead of the agent's own (the lab and tests run node namespaces this way)")
 	f.StringVar(&c.Mode, "mode", c.Mode, "how to reach other nodes: direct, vxlan or auto")
 	f.StringVar(&clusterCIDRs, "cluster-cidr", "", "the cluster's pod ranges, comma-separated (enables masquerade and block allocation)")
 	f.StringVar(&serviceCIDRs, "service-cidr", "", "the cluster's service ranges, comma-separated (never masqueraded)")
@@ -172,7 +191,7 @@ func runAgent(c agentConfig) error {
 		alloc = &agent.BlockAllocator{Client: client, Namespace: c.LeaseNamespace, Clusters: clusters, MaskSizes: [2]int{c.NodeCIDRMaskV4, c.NodeCIDRMaskV6}}
 	}
 	a, err := agent.New(agent.Config{
-		NodeName: c.NodeName, Client: client, Mode: mode,
+		NodeName: c.NodeName, Client: client, Mode: mode, NetNS: c.NetNS,
 		VXLAN:        routing.VXLANConfig{VNI: c.VXLANVNI, Port: c.VXLANPort},
 		ClusterCIDRs: clusters, ServiceCIDRs: services,
 		CNIConfDir: c.CNIConfDir, CNIDataDir: c.CNIDataDir, MTU: c.MTU, Chain: c.CNIChain,

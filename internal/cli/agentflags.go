@@ -20,6 +20,8 @@ func applyFlag(cfg, flags *agentConfig, name, clusterCIDRs, serviceCIDRs, chain 
 	switch name {
 	case "node-name":
 		cfg.NodeName = flags.NodeName
+	case "netns":
+		cfg.NetNS = flags.NetNS
 	case "kubeconfig":
 		cfg.Kubeconfig = flags.Kubeconfig
 	case "mode":

@@ -14,6 +14,7 @@ package lab
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -89,7 +90,7 @@ func Prefix(name string) string { return "pnl-" + name + "-" }
 
 // Up builds the lab and starts its control plane and agents. On error
 // everything made so far is removed.
-func Up(ctx context.Context, opt Options) (l *Lab, err error) {
+func Up(ctx context.Context, opt Options) (_ *Lab, err error) {
 	if opt.Nodes < 1 || opt.Nodes > 200 {
 		return nil, fmt.Errorf("lab: --nodes must be 1-200, not %d", opt.Nodes)
 	}
@@ -105,7 +106,9 @@ func Up(ctx context.Context, opt Options) (l *Lab, err error) {
 	if opt.Mode == routing.ModeDirect && opt.Subnets > 1 {
 		return nil, fmt.Errorf("lab: direct mode needs every node on one L2 segment; use --mode vxlan or --mode auto with --subnets %d", opt.Subnets)
 	}
-	l = &Lab{opt: opt, dir: Dir(opt.Name), sandboxes: map[string]*sandbox{}, log: opt.Log}
+	// Every error return below leaves the result nil, so the cleanup
+	// must hold its own reference to the partly built lab.
+	l := &Lab{opt: opt, dir: Dir(opt.Name), sandboxes: map[string]*sandbox{}, log: opt.Log}
 	if err := writeState(l.dir, state{Name: opt.Name, PID: os.Getpid(), Prefix: Prefix(opt.Name)}); err != nil {
 		return nil, err
 	}
@@ -125,7 +128,8 @@ func Up(ctx context.Context, opt Options) (l *Lab, err error) {
 		}
 		fabrics = append(fabrics, p)
 	}
-	if _, err := makeRouter(Prefix(opt.Name)+"router", fabrics, opt.Family); err != nil {
+	routerPath, err := makeRouter(Prefix(opt.Name)+"router", fabrics, opt.Family)
+	if err != nil {
 		return nil, err
 	}
 	for i := 1; i <= opt.Nodes; i++ {
@@ -136,6 +140,9 @@ func Up(ctx context.Context, opt Options) (l *Lab, err error) {
 			return nil, err
 		}
 		l.nodes = append(l.nodes, &labNode{name: name, index: i, nsPath: p, confDir: filepath.Join(l.dir, "nodes", name, "net.d")})
+	}
+	if err := l.waitWires(routerPath, len(fabrics)); err != nil {
+		return nil, err
 	}
 
 	if opt.Kubeconfig != "" {
@@ -248,12 +255,20 @@ func (l *Lab) registerNodes(ctx context.Context) error {
 
 func (l *Lab) ensureNamespace(ctx context.Context, name string) error {
 	_, err := l.client.CoreV1().Namespaces().Get(ctx, name, metav1.GetOptions{})
-	if err == nil {
+	if err != nil {
+		ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"kubernetes.io/metadata.name": name}}}
+		if _, err := l.client.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("namespace %s: %w", name, err)
+		}
+	}
+	if l.embedded {
 		return nil
 	}
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"kubernetes.io/metadata.name": name}}}
-	if _, err := l.client.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("namespace %s: %w", name, err)
+	// A real apiserver admits pods only with an existing ServiceAccount;
+	// the lab plays the controller-manager, which would create "default".
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default", Namespace: name}}
+	if _, err := l.client.CoreV1().ServiceAccounts(name).Create(ctx, sa, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("namespace %s: default service account: %w", name, err)
 	}
 	return nil
 }
@@ -285,9 +300,19 @@ func (l *Lab) Close() error {
 	}
 	l.sandboxes = map[string]*sandbox{}
 	l.mu.Unlock()
-	if l.embedded == false && l.client != nil {
+	if !l.embedded && l.client != nil {
+		// Leave a shared apiserver as it was: the lab's pods and nodes go.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		zero := int64(0)
 		for _, n := range l.nodes {
-			l.client.CoreV1().Nodes().Delete(context.Background(), n.name, metav1.DeleteOptions{})
+			pods, _ := l.client.CoreV1().Pods("").List(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + n.name})
+			if pods != nil {
+				for _, p := range pods.Items {
+					l.client.CoreV1().Pods(p.Namespace).Delete(ctx, p.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero})
+				}
+			}
+			l.client.CoreV1().Nodes().Delete(ctx, n.name, metav1.DeleteOptions{})
 		}
 	}
 	return Cleanup(l.opt.Name)
@@ -315,4 +340,27 @@ func serviceCIDRs(f Family) []netip.Prefix {
 		out = append(out, serviceRange6)
 	}
 	return out
+}
+
+// waitWires waits, in parallel, until every uplink the lab made is up.
+func (l *Lab) waitWires(routerPath string, subnets int) error {
+	type wire struct{ ns, ifName string }
+	var wires []wire
+	for s := 1; s <= subnets; s++ {
+		wires = append(wires, wire{routerPath, fmt.Sprintf("s%d", s)})
+	}
+	for _, n := range l.nodes {
+		wires = append(wires, wire{n.nsPath, "eth0"})
+	}
+	errs := make(chan error, len(wires))
+	for _, w := range wires {
+		go func() { errs <- waitReady(w.ns, w.ifName, l.opt.Family.has6()) }()
+	}
+	var all []error
+	for range wires {
+		if err := <-errs; err != nil {
+			all = append(all, err)
+		}
+	}
+	return errors.Join(all...)
 }

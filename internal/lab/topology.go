@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	vns "github.com/vishvananda/netns"
@@ -96,7 +97,12 @@ func makeFabric(name string) (string, error) {
 		return "", err
 	}
 	defer h.Close()
-	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0"}}
+	// No multicast snooping: with it, and no MLD querier on the fabric,
+	// the bridge can withhold IPv6 neighbour solicitations from a port
+	// for the first second or so after it joins, and the first packets
+	// across subnets get lost. A plain switch floods them.
+	off := false
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0"}, MulticastSnooping: &off}
 	if err := h.LinkAdd(br); err != nil {
 		return "", fmt.Errorf("fabric bridge: %w", err)
 	}
@@ -112,6 +118,9 @@ func makeRouter(nsName string, fabrics []string, f Family) (string, error) {
 	p, err := netns.Create(nsName)
 	if err != nil {
 		return "", err
+	}
+	if err := hostSysctls(p); err != nil {
+		return "", fmt.Errorf("router: %w", err)
 	}
 	for s, fab := range fabrics {
 		var addrs []netip.Prefix
@@ -139,12 +148,28 @@ func makeRouter(nsName string, fabrics []string, f Family) (string, error) {
 			return "", fmt.Errorf("router: external address %s: %w", a, err)
 		}
 	}
-	for _, key := range []string{"net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"} {
-		if err := netns.Sysctl(p, key, "1"); err != nil {
-			return "", err
+	return p, nil
+}
+
+// hostSysctls makes a fresh namespace a router whose interfaces are usable
+// the moment they come up. Forwarding is switched on, and duplicate
+// address detection off by default, before any interface exists: an
+// interface that comes up with DAD on, or that switches to router mode
+// later, ignores and delays neighbour discovery for its first second or
+// so, and the first packets across the fabric are lost.
+func hostSysctls(p string) error {
+	for _, kv := range [][2]string{
+		{"net/ipv4/ip_forward", "1"},
+		{"net/ipv6/conf/all/forwarding", "1"},
+		{"net/ipv6/conf/default/forwarding", "1"},
+		{"net/ipv6/conf/all/accept_dad", "0"},
+		{"net/ipv6/conf/default/accept_dad", "0"},
+	} {
+		if err := netns.Sysctl(p, kv[0], kv[1]); err != nil {
+			return fmt.Errorf("sysctl %s: %w", kv[0], err)
 		}
 	}
-	return p, nil
+	return nil
 }
 
 // makeNode creates a node namespace wired to its subnet's fabric by a veth
@@ -155,16 +180,11 @@ func makeNode(fabricPath, nsName, port string, addrs []netip.Prefix, gws []netip
 	if err != nil {
 		return "", err
 	}
-	if err := plug(fabricPath, p, port, "eth0", addrs, gws); err != nil {
+	if err := hostSysctls(p); err != nil {
 		return "", fmt.Errorf("node %s: %w", nsName, err)
 	}
-	for _, kv := range [][2]string{
-		{"net/ipv4/ip_forward", "1"},
-		{"net/ipv6/conf/all/forwarding", "1"},
-	} {
-		if err := netns.Sysctl(p, kv[0], kv[1]); err != nil {
-			return "", fmt.Errorf("node %s sysctl %s: %w", nsName, kv[0], err)
-		}
+	if err := plug(fabricPath, p, port, "eth0", addrs, gws); err != nil {
+		return "", fmt.Errorf("node %s: %w", nsName, err)
 	}
 	return p, nil
 }
@@ -238,4 +258,42 @@ func plug(fabricPath, p, port, ifName string, addrs []netip.Prefix, gws []netip.
 		}
 	}
 	return nil
+}
+
+// waitReady waits until ifName in the namespace at p is operationally up
+// and, when IPv6 is in use, has a usable (non-tentative) link-local
+// address. The kernel reports carrier changes through its link watcher,
+// which batches events for up to a second; until then IPv6 neighbour
+// discovery on the interface is silently off, and the first packets
+// forwarded through it are lost. A lab is not ready before its wires are.
+func waitReady(p, ifName string, v6 bool) error {
+	h, err := netns.Handle(p)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		l, err := h.LinkByName(ifName)
+		if err != nil {
+			return err
+		}
+		ready := l.Attrs().OperState == netlink.OperUp
+		if ready && v6 {
+			ready = false
+			addrs, _ := h.AddrList(l, netlink.FAMILY_V6)
+			for _, a := range addrs {
+				if a.IP.IsLinkLocalUnicast() && a.Flags&(unix.IFA_F_TENTATIVE|unix.IFA_F_DADFAILED) == 0 {
+					ready = true
+				}
+			}
+		}
+		if ready {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s in %s is not up after 10s (state %s)", ifName, p, l.Attrs().OperState)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
