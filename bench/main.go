@@ -19,7 +19,7 @@ func main() {
 	pods := flag.Int("pods", 100, "pods per CNI latency run")
 	runs := flag.Int("runs", 3, "runs per measurement (medians are reported)")
 	secs := flag.Int("seconds", 5, "iperf3 duration per throughput run")
-	only := flag.String("only", "", "run one benchmark: cni or throughput")
+	only := flag.String("only", "", "run one benchmark: cni, reconcile or throughput")
 	results := flag.String("results", "bench/RESULTS.md", "file to update")
 	flag.Parse()
 	if os.Geteuid() != 0 {
@@ -37,6 +37,15 @@ func main() {
 			fail(err)
 		}
 		if err := updateSection(*results, "cni", meta+sec); err != nil {
+			fail(err)
+		}
+	}
+	if *only == "" || *only == "reconcile" {
+		sec, err := benchReconcile([]int{1000, 5000}, *runs)
+		if err != nil {
+			fail(err)
+		}
+		if err := updateSection(*results, "reconcile", meta+sec); err != nil {
 			fail(err)
 		}
 	}
