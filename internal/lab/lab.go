@@ -14,7 +14,6 @@ package lab
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -120,29 +119,12 @@ func Up(ctx context.Context, opt Options) (_ *Lab, err error) {
 	if err := l.installCNI(); err != nil {
 		return nil, err
 	}
-	var fabrics []string
-	for s := 1; s <= opt.Subnets; s++ {
-		p, err := makeFabric(fmt.Sprintf("%sfabric%d", Prefix(opt.Name), s))
-		if err != nil {
-			return nil, err
-		}
-		fabrics = append(fabrics, p)
-	}
-	routerPath, err := makeRouter(Prefix(opt.Name)+"router", fabrics, opt.Family)
+	topo, err := BuildTopology(Prefix(opt.Name), opt.Nodes, opt.Subnets, opt.Family)
 	if err != nil {
 		return nil, err
 	}
-	for i := 1; i <= opt.Nodes; i++ {
-		name := fmt.Sprintf("node%d", i)
-		s := subnetOf(i, opt.Subnets)
-		p, err := makeNode(fabrics[s-1], Prefix(opt.Name)+name, name, nodeAddrs(opt.Family, opt.Subnets, i), gateways(opt.Family, s))
-		if err != nil {
-			return nil, err
-		}
-		l.nodes = append(l.nodes, &labNode{name: name, index: i, nsPath: p, confDir: filepath.Join(l.dir, "nodes", name, "net.d")})
-	}
-	if err := l.waitWires(routerPath, len(fabrics)); err != nil {
-		return nil, err
+	for _, tn := range topo.Nodes {
+		l.nodes = append(l.nodes, &labNode{name: tn.Name, index: tn.Index, nsPath: tn.NetNS, confDir: filepath.Join(l.dir, "nodes", tn.Name, "net.d")})
 	}
 
 	if opt.Kubeconfig != "" {
@@ -340,27 +322,4 @@ func serviceCIDRs(f Family) []netip.Prefix {
 		out = append(out, serviceRange6)
 	}
 	return out
-}
-
-// waitWires waits, in parallel, until every uplink the lab made is up.
-func (l *Lab) waitWires(routerPath string, subnets int) error {
-	type wire struct{ ns, ifName string }
-	var wires []wire
-	for s := 1; s <= subnets; s++ {
-		wires = append(wires, wire{routerPath, fmt.Sprintf("s%d", s)})
-	}
-	for _, n := range l.nodes {
-		wires = append(wires, wire{n.nsPath, "eth0"})
-	}
-	errs := make(chan error, len(wires))
-	for _, w := range wires {
-		go func() { errs <- waitReady(w.ns, w.ifName, l.opt.Family.has6()) }()
-	}
-	var all []error
-	for range wires {
-		if err := <-errs; err != nil {
-			all = append(all, err)
-		}
-	}
-	return errors.Join(all...)
 }

@@ -1,6 +1,7 @@
 package lab
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -296,4 +297,72 @@ func waitReady(p, ifName string, v6 bool) error {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// Topology is the wiring of a lab: fabrics (one bridge namespace per
+// subnet), a router joining them, and the node namespaces.
+type Topology struct {
+	Fabrics []string
+	Router  string
+	Nodes   []TopologyNode
+}
+
+// TopologyNode is one node namespace and its underlay addresses.
+type TopologyNode struct {
+	Name  string // node1, node2, ...
+	Index int    // 1-based
+	NetNS string // mount path of its network namespace
+	Addrs []netip.Prefix
+}
+
+// BuildTopology creates the fabrics, the router and the node namespaces,
+// every name starting with prefix, and returns once every wire is up.
+// Removing every namespace with the prefix undoes it.
+func BuildTopology(prefix string, nodes, subnets int, f Family) (*Topology, error) {
+	t := &Topology{}
+	for s := 1; s <= subnets; s++ {
+		p, err := makeFabric(fmt.Sprintf("%sfabric%d", prefix, s))
+		if err != nil {
+			return nil, err
+		}
+		t.Fabrics = append(t.Fabrics, p)
+	}
+	var err error
+	if t.Router, err = makeRouter(prefix+"router", t.Fabrics, f); err != nil {
+		return nil, err
+	}
+	for i := 1; i <= nodes; i++ {
+		name := fmt.Sprintf("node%d", i)
+		s := subnetOf(i, subnets)
+		addrs := nodeAddrs(f, subnets, i)
+		p, err := makeNode(t.Fabrics[s-1], prefix+name, name, addrs, gateways(f, s))
+		if err != nil {
+			return nil, err
+		}
+		t.Nodes = append(t.Nodes, TopologyNode{Name: name, Index: i, NetNS: p, Addrs: addrs})
+	}
+	return t, t.waitWires(f)
+}
+
+// waitWires waits, in parallel, until every uplink is up.
+func (t *Topology) waitWires(f Family) error {
+	type wire struct{ ns, ifName string }
+	var wires []wire
+	for s := range t.Fabrics {
+		wires = append(wires, wire{t.Router, fmt.Sprintf("s%d", s+1)})
+	}
+	for _, n := range t.Nodes {
+		wires = append(wires, wire{n.NetNS, "eth0"})
+	}
+	errs := make(chan error, len(wires))
+	for _, w := range wires {
+		go func() { errs <- waitReady(w.ns, w.ifName, f.has6()) }()
+	}
+	var all []error
+	for range wires {
+		if err := <-errs; err != nil {
+			all = append(all, err)
+		}
+	}
+	return errors.Join(all...)
 }
