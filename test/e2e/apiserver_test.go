@@ -194,7 +194,14 @@ func TestAgentProcessPrunesAtStartup(t *testing.T) {
 	makeNode(t, c, "solo", "192.168.90.1", "10.244.1.0/24")
 	makeNode(t, c, "peer-a", "192.168.90.2", "10.244.2.0/24")
 	makeNode(t, c, "peer-b", "192.168.90.3", "10.244.3.0/24")
-	confDir := t.TempDir()
+	// The CNI config directory starts out as a regular file, so the first
+	// syncs fail to write the conflist: the agent must keep retrying on its
+	// own, with no API event to wake it, and recover once it can write.
+	tmp := t.TempDir()
+	confDir, cniBin := filepath.Join(tmp, "net.d"), filepath.Join(tmp, "bin")
+	if err := os.WriteFile(confDir, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	bin := filepath.Join(testenv.Binaries(t), "podnet")
 	health := freeAddr(t)
 	// The agent process runs beside the apiserver (loopback) and manages
@@ -202,7 +209,7 @@ func TestAgentProcessPrunesAtStartup(t *testing.T) {
 	start := func() *exec.Cmd {
 		cmd := exec.Command(bin, "agent", "--kubeconfig", api.Kubeconfig, "--node-name", "solo", "--mode", "direct",
 			"--netns", node, "--cluster-cidr", "10.244.0.0/16", "--service-cidr", "10.96.0.0/16",
-			"--cni-conf-dir", confDir, "--cni-data-dir", filepath.Join(confDir, "data"), "--health-addr", health)
+			"--cni-conf-dir", confDir, "--cni-bin-dir", cniBin, "--cni-data-dir", filepath.Join(tmp, "data"), "--health-addr", health)
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 		if err := cmd.Start(); err != nil {
@@ -219,6 +226,14 @@ func TestAgentProcessPrunesAtStartup(t *testing.T) {
 	}
 	agentProc := start()
 	eventually(t, 10*time.Second, "first sync", routes("10.244.2.0/24 via 192.168.90.2\n10.244.3.0/24 via 192.168.90.3"))
+	eventually(t, 5*time.Second, "failed syncs counted", func() (bool, string) {
+		b := scrape(t, "http://"+health+"/metrics")
+		return strings.Contains(b, `podnet_routing_syncs_total{result="error"}`), b
+	})
+	if b := scrape(t, "http://"+health+"/readyz"); b == "ok\n" {
+		t.Fatal("ready while the conflist cannot be written")
+	}
+	os.Remove(confDir)
 	// Ready means the first full sync is applied, conflist included.
 	eventually(t, 5*time.Second, "readyz", func() (bool, string) {
 		b := scrape(t, "http://"+health+"/readyz")
@@ -227,6 +242,10 @@ func TestAgentProcessPrunesAtStartup(t *testing.T) {
 	conf, err := os.ReadFile(filepath.Join(confDir, agent.ConflistName))
 	if err != nil || !strings.Contains(string(conf), `"10.244.1.0/24"`) || !strings.Contains(string(conf), `"mtu": 9000`) {
 		t.Fatalf("conflist: %v\n%s", err, conf)
+	}
+	// The agent installed itself as the CNI plugin, as a DaemonSet does.
+	if st, err := os.Stat(filepath.Join(cniBin, "podnet")); err != nil || st.Mode()&0o111 == 0 {
+		t.Fatalf("CNI binary not installed: %v", err)
 	}
 	if body := scrape(t, "http://"+health+"/metrics"); !strings.Contains(body, "podnet_routing_routes 2") || !strings.Contains(body, `podnet_routing_syncs_total{result="success"}`) {
 		t.Fatalf("metrics:\n%s", body)
