@@ -5,7 +5,7 @@ GO ?= go
 # poking around a lab.
 DEB_PACKAGES := iproute2 iptables nftables iperf3 iputils-ping
 
-.PHONY: build test deps lint demo bench kas
+.PHONY: build test deps lint demo bench kas cluster-build e2e-smoke e2e-full cluster-down
 
 build:
 	$(GO) build -o podnet ./cmd/podnet
@@ -35,3 +35,22 @@ demo: build
 
 bench: build
 	$(GO) run ./bench
+
+# A real Kubernetes cluster in network namespaces (kubelet, containerd,
+# CoreDNS, podnet installed from deploy/) and the upstream sig-network e2e
+# suite. cluster-build compiles the Kubernetes binaries, e2e.test, ginkgo,
+# agnhost and CoreDNS (minutes the first time) and packs the test images.
+cluster-build: deps
+	@command -v containerd >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq containerd runc >/dev/null)
+	bash test/kas/build.sh all
+	$(GO) build -o bin/ ./cmd/podnet github.com/containernetworking/plugins/plugins/main/loopback github.com/containernetworking/plugins/plugins/meta/portmap
+	$(GO) run ./test/cluster/images/cmd/mkimages -out bin/images -agnhost bin/agnhost -coredns bin/coredns -podnet bin/podnet
+
+e2e-smoke: cluster-build
+	$(GO) run ./test/cluster/cmd/cluster e2e --selection smoke
+
+e2e-full: cluster-build
+	$(GO) run ./test/cluster/cmd/cluster e2e --selection full --procs 4
+
+cluster-down:
+	$(GO) run ./test/cluster/cmd/cluster down

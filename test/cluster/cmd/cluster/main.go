@@ -1,0 +1,85 @@
+// Command cluster brings a real Kubernetes cluster up in network
+// namespaces with podnet as its network plugin, runs the upstream network
+// e2e suite against it, and tears it down. See test/cluster and README.
+//
+//	go run ./test/cluster/cmd/cluster up|down|e2e [flags]
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/podnet/podnet/test/cluster"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: cluster up|down|e2e [flags]")
+		os.Exit(2)
+	}
+	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
+	name := fs.String("name", "e2e", "cluster name")
+	nodes := fs.Int("nodes", 2, "number of nodes")
+	bin := fs.String("bin", "bin", "directory with kas, e2e.test, ginkgo, the CNI plugins and podnet")
+	images := fs.String("images", "bin/images", "directory with the OCI image archives")
+	proxy := fs.String("proxy", "kube-proxy", "service proxy: kube-proxy or podnet")
+	policy := fs.String("policy", "none", "network policy: none or podnet")
+	selection := fs.String("selection", "smoke", "e2e selection: smoke or full")
+	procs := fs.Int("procs", 4, "parallel ginkgo processes")
+	keep := fs.Bool("keep", false, "e2e: leave the cluster up afterwards")
+	results := fs.String("results", "test/e2e/RESULTS.md", "where e2e writes its summary")
+	fs.Parse(os.Args[2:])
+	abs := func(p string) string { a, _ := filepath.Abs(p); return a }
+	cfg := cluster.Config{Name: *name, Nodes: *nodes, BinDir: abs(*bin), Images: abs(*images), DeployDir: abs("deploy"),
+		Proxy: *proxy, Policy: *policy, Log: func(f string, a ...any) { fmt.Printf("cluster: "+f+"\n", a...) }}
+	ctx := context.Background()
+	switch os.Args[1] {
+	case "up":
+		if _, err := cluster.Up(ctx, cfg); err != nil {
+			fmt.Fprintln(os.Stderr, "cluster up:", err)
+			os.Exit(1)
+		}
+	case "down":
+		if err := cluster.Down(*name); err != nil {
+			fmt.Fprintln(os.Stderr, "cluster down:", err)
+			os.Exit(1)
+		}
+	case "e2e":
+		if *proxy == "podnet" || *policy == "podnet" {
+			fmt.Fprintln(os.Stderr, "cluster e2e: podnet does not proxy services or enforce policy yet (issues 5 and 6)")
+			os.Exit(2)
+		}
+		cluster.Down(*name)
+		c, err := cluster.Up(ctx, cfg)
+		if !*keep {
+			defer cluster.Down(*name)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "cluster up:", err)
+			os.Exit(1)
+		}
+		focus := cluster.FocusSmoke
+		if *selection == "full" {
+			focus = cluster.FocusFull
+		}
+		res, err := c.RunE2E(ctx, focus, cluster.SkipAlways, *procs, abs(filepath.Join(c.Dir, "report")))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "e2e:", err)
+			os.Exit(1)
+		}
+		cmdline := fmt.Sprintf("make e2e-%s", *selection)
+		fmt.Print(res.Summary(fmt.Sprintf("%s selection, %d nodes, proxy %s, policy %s (%s)", *selection, *nodes, *proxy, *policy, time.Now().UTC().Format("2006-01-02")), cmdline))
+		fmt.Printf("%d passed, %d failed, %d skipped\n", res.Passed, res.Failed, res.Skipped)
+		_ = results
+		if res.Failed > 0 {
+			os.Exit(1)
+		}
+	default:
+		fmt.Fprintln(os.Stderr, "usage: cluster up|down|e2e [flags]")
+		os.Exit(2)
+	}
+}

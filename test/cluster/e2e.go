@@ -1,0 +1,116 @@
+package cluster
+
+import (
+	"context"
+	"encoding/xml"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Selections of the upstream [sig-network] suite.
+const (
+	// SkipAlways excludes what this machine or a cloud-less cluster cannot
+	// run: disruptive and serial specs, slow ones, feature-gated ones,
+	// SCTP (no SCTP sockets in this kernel), and cloud load balancers.
+	SkipAlways = `\[Serial\]|\[Disruptive\]|\[Slow\]|SCTP|Feature:|LoadBalancer|\[Flaky\]`
+	// FocusSmoke is CI's selection: the pod granular checks and a handful
+	// of Services specs.
+	FocusSmoke = `\[sig-network\] Networking Granular Checks: Pods|\[sig-network\] Services should serve a basic endpoint from pods|\[sig-network\] Services should serve multiport endpoints from pods|\[sig-network\] Services should be able to create a functioning NodePort service|\[sig-network\] HostPort`
+	// FocusFull is the whole network SIG.
+	FocusFull = `\[sig-network\]`
+)
+
+// E2EResult summarises one run.
+type E2EResult struct {
+	Passed, Failed, Skipped int
+	Duration                time.Duration
+	Failures                []string
+	Junit                   string
+}
+
+// RunE2E runs the upstream e2e.test with ginkgo from node1's namespace.
+func (c *Cluster) RunE2E(ctx context.Context, focus, skip string, procs int, reportDir string) (E2EResult, error) {
+	os.MkdirAll(reportDir, 0o755)
+	kubectlLink := filepath.Join(c.BinDir, "kubectl")
+	os.Remove(kubectlLink)
+	os.Symlink("kas", kubectlLink)
+	args := []string{filepath.Join(c.BinDir, "ginkgo"), fmt.Sprintf("--procs=%d", procs), "--timeout=2h",
+		filepath.Join(c.BinDir, "e2e.test"), "--",
+		"--kubeconfig=" + c.Kubeconfig(), "--kubectl-path=" + kubectlLink, "--provider=skeleton",
+		"--ginkgo.focus=" + focus, "--ginkgo.skip=" + skip, "--report-dir=" + reportDir,
+		"--node-os-distro=debian", "--num-nodes=" + fmt.Sprint(c.Nodes)}
+	t0 := time.Now()
+	out, err := c.run(c.Node1(), args...)
+	os.WriteFile(filepath.Join(reportDir, "e2e.log"), []byte(out), 0o644)
+	res := E2EResult{Duration: time.Since(t0)}
+	junits, _ := filepath.Glob(filepath.Join(reportDir, "junit*.xml"))
+	for _, j := range junits {
+		res.Junit = j
+		if perr := parseJunit(j, &res); perr != nil {
+			return res, perr
+		}
+	}
+	if len(junits) == 0 && err != nil {
+		return res, err
+	}
+	return res, nil
+}
+
+type junitSuite struct {
+	Cases []struct {
+		Name    string    `xml:"name,attr"`
+		Skipped *struct{} `xml:"skipped"`
+		Failure *struct{} `xml:"failure"`
+		Error   *struct{} `xml:"error"`
+	} `xml:"testcase"`
+}
+
+func parseJunit(path string, res *E2EResult) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	var s struct {
+		Suites []junitSuite `xml:"testsuite"`
+	}
+	if err := xml.Unmarshal(b, &s); err != nil {
+		var one junitSuite
+		if err2 := xml.Unmarshal(b, &one); err2 != nil {
+			return err
+		}
+		s.Suites = []junitSuite{one}
+	}
+	for _, su := range s.Suites {
+		for _, tc := range su.Cases {
+			switch {
+			case tc.Skipped != nil:
+				res.Skipped++
+			case tc.Failure != nil || tc.Error != nil:
+				res.Failed++
+				res.Failures = append(res.Failures, tc.Name)
+			default:
+				res.Passed++
+			}
+		}
+	}
+	sort.Strings(res.Failures)
+	return nil
+}
+
+// Summary renders a result for test/e2e/RESULTS.md.
+func (r E2EResult) Summary(title, command string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "## %s\n\n`%s`\n\n", title, command)
+	fmt.Fprintf(&b, "%d passed, %d failed, %d skipped in %s. Junit: `%s`.\n", r.Passed, r.Failed, r.Skipped, r.Duration.Round(time.Second), r.Junit)
+	if len(r.Failures) > 0 {
+		fmt.Fprintln(&b, "\nFailed:")
+		for _, f := range r.Failures {
+			fmt.Fprintf(&b, "- %s\n", f)
+		}
+	}
+	return b.String()
+}
