@@ -38,10 +38,14 @@ func Conflist(podCIDRs []netip.Prefix, mtu int, dataDir string, chain []string) 
 			return nil, fmt.Errorf("unknown chained plugin %q (supported: portmap, bandwidth, tuning)", c)
 		}
 	}
+	// cniVersion 1.0.0 for runtimes whose libcni predates 1.1 (containerd
+	// 1.6 rejects a 1.1.0 result); runtimes that know the 1.1 conflist key
+	// cniVersions pick the highest they support, and get GC and STATUS.
 	return json.MarshalIndent(map[string]any{
-		"cniVersion": "1.1.0",
-		"name":       "podnet",
-		"plugins":    plugins,
+		"cniVersion":  "1.0.0",
+		"cniVersions": []string{"1.0.0", "1.1.0"},
+		"name":        "podnet",
+		"plugins":     plugins,
 	}, "", "  ")
 }
 
