@@ -1,33 +1,61 @@
-// Command kas is a test-only, multi-call binary holding a real
-// kube-apiserver (with etcd embedded in the same process) and kube-proxy,
-// built from the k8s.io/kubernetes module. It is not part of podnet: the
-// tests in the main module start it as a subprocess (see
-// internal/testenv/apiserver.go). Build it with build.sh.
+// Command kas is a test-only, multi-call binary holding the Kubernetes
+// components a real cluster needs: kube-apiserver (with etcd embedded in
+// the same process), kube-controller-manager, kube-scheduler, kubelet,
+// kube-proxy and kubectl, built from the k8s.io/kubernetes module. It is
+// not part of podnet: the tests in the main module start it as a
+// subprocess (see internal/testenv/apiserver.go). Build it with build.sh.
 //
 //	kas apiserver [--etcd-dir=DIR] [--etcd-client-port=N] [--etcd-peer-port=N] [kube-apiserver flags]
+//	kas controller-manager [kube-controller-manager flags]
+//	kas scheduler [kube-scheduler flags]
+//	kas kubelet [kubelet flags]
 //	kas proxy [kube-proxy flags]
+//	kas kubectl [kubectl arguments]
+//
+// Run through a link whose name is kubectl (ln -s kas kubectl), it is
+// kubectl.
 package main
 
 import (
+	"context"
 	"fmt"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
+	_ "time/tzdata" // CronJob time zones (as the upstream kube-apiserver and kube-controller-manager)
 
 	"go.etcd.io/etcd/server/v3/embed"
+	_ "k8s.io/client-go/plugin/pkg/client/auth" // kubectl's client auth plugins (as upstream kubectl)
 	"k8s.io/component-base/cli"
+	"k8s.io/component-base/logs"
+	_ "k8s.io/component-base/logs/json/register"          // --logging-format=json (as the upstream components)
+	_ "k8s.io/component-base/metrics/prometheus/clientgo" // client-go metrics (as the upstream components)
+	_ "k8s.io/component-base/metrics/prometheus/version"  // kubernetes_build_info (as the upstream components)
+	kubectlcmd "k8s.io/kubectl/pkg/cmd"
+	kubectlutil "k8s.io/kubectl/pkg/cmd/util"
 	apiserverapp "k8s.io/kubernetes/cmd/kube-apiserver/app"
+	controllermanagerapp "k8s.io/kubernetes/cmd/kube-controller-manager/app"
 	proxyapp "k8s.io/kubernetes/cmd/kube-proxy/app"
+	schedulerapp "k8s.io/kubernetes/cmd/kube-scheduler/app"
+	kubeletapp "k8s.io/kubernetes/cmd/kubelet/app"
 )
 
 const usage = `usage:
   kas apiserver [--etcd-dir=DIR] [--etcd-client-port=N] [--etcd-peer-port=N] [kube-apiserver flags]
+  kas controller-manager [kube-controller-manager flags]
+  kas scheduler [kube-scheduler flags]
+  kas kubelet [kubelet flags]
   kas proxy [kube-proxy flags]
+  kas kubectl [kubectl arguments]     (or run it through a link named kubectl)
 `
 
 func main() {
+	if filepath.Base(os.Args[0]) == "kubectl" {
+		os.Exit(runKubectl(os.Args[1:]))
+	}
 	if len(os.Args) < 2 {
 		fmt.Fprint(os.Stderr, usage)
 		os.Exit(2)
@@ -36,15 +64,39 @@ func main() {
 	switch sub {
 	case "apiserver", "kube-apiserver":
 		os.Exit(runAPIServer(args))
+	case "controller-manager", "kube-controller-manager":
+		os.Args = append([]string{"kube-controller-manager"}, args...)
+		os.Exit(cli.Run(controllermanagerapp.NewControllerManagerCommand()))
+	case "scheduler", "kube-scheduler":
+		os.Args = append([]string{"kube-scheduler"}, args...)
+		os.Exit(cli.Run(schedulerapp.NewSchedulerCommand()))
+	case "kubelet":
+		os.Args = append([]string{"kubelet"}, args...)
+		os.Exit(cli.Run(kubeletapp.NewKubeletCommand(context.Background())))
 	case "proxy", "kube-proxy":
 		os.Args = append([]string{"kube-proxy"}, args...)
 		os.Exit(cli.Run(proxyapp.NewProxyCommand()))
+	case "kubectl":
+		os.Exit(runKubectl(args))
 	case "-h", "--help", "help":
 		fmt.Print(usage)
 	default:
 		fmt.Fprintf(os.Stderr, "kas: unknown command %q\n%s", sub, usage)
 		os.Exit(2)
 	}
+}
+
+// runKubectl runs kubectl as cmd/kubectl's main does: the verbosity is set
+// before the command is built (it reads .kuberc and plugins), and errors
+// are printed the kubectl way (CheckErr exits).
+func runKubectl(args []string) int {
+	os.Args = append([]string{"kubectl"}, args...)
+	logs.GlogSetter(kubectlcmd.GetLogVerbosity(os.Args)) //nolint:errcheck
+	if err := cli.RunNoErrOutput(kubectlcmd.NewDefaultKubectlCommand()); err != nil {
+		kubectlutil.CheckErr(err)
+		return 1
+	}
+	return 0
 }
 
 // etcdFlags are the flags kas apiserver takes for itself; everything else
