@@ -133,7 +133,9 @@ func (c *Cluster) startControlPlane(ctx context.Context, apiIP string) error {
 		"--service-account-key-file="+filepath.Join(d, "sa.key"), "--service-account-signing-key-file="+filepath.Join(d, "sa.key"),
 		"--service-cluster-ip-range="+serviceCIDR, "--token-auth-file="+filepath.Join(d, "tokens.csv"),
 		"--authorization-mode=Node,RBAC", "--allow-privileged=true", "--profiling=false",
-		"--enable-priority-and-fairness=false")...)
+		"--enable-priority-and-fairness=false",
+		// Reach kubelets by address: node names do not resolve here.
+		"--kubelet-preferred-address-types=InternalIP")...)
 	if err != nil {
 		return err
 	}

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/podnet/podnet/test/cluster"
@@ -54,13 +55,18 @@ func main() {
 			os.Exit(2)
 		}
 		cluster.Down(*name)
-		c, err := cluster.Up(ctx, cfg)
-		if !*keep {
-			defer cluster.Down(*name)
+		// os.Exit skips deferred calls, so every exit below goes through
+		// done, which tears the cluster down unless --keep.
+		done := func(code int) {
+			if !*keep {
+				cluster.Down(*name)
+			}
+			os.Exit(code)
 		}
+		c, err := cluster.Up(ctx, cfg)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "cluster up:", err)
-			os.Exit(1)
+			done(1)
 		}
 		focus := cluster.FocusSmoke
 		if *selection == "full" {
@@ -69,17 +75,28 @@ func main() {
 		res, err := c.RunE2E(ctx, focus, cluster.SkipAlways, *procs, abs(filepath.Join(c.Dir, "report")))
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "e2e:", err)
-			os.Exit(1)
+			done(1)
 		}
 		cmdline := fmt.Sprintf("make e2e-%s", *selection)
 		fmt.Print(res.Summary(fmt.Sprintf("%s selection, %d nodes, proxy %s, policy %s (%s)", *selection, *nodes, *proxy, *policy, time.Now().UTC().Format("2006-01-02")), cmdline))
 		fmt.Printf("%d passed, %d failed, %d skipped\n", res.Passed, res.Failed, res.Skipped)
-		_ = results
-		if res.Failed > 0 {
-			os.Exit(1)
+		if err := appendResults(*results, res.Summary(fmt.Sprintf("%s selection, %d nodes, proxy %s, policy %s (%s)", *selection, *nodes, *proxy, *policy, time.Now().UTC().Format("2006-01-02")), cmdline)); err != nil {
+			fmt.Fprintln(os.Stderr, "results:", err)
 		}
+		if res.Failed > 0 {
+			done(1)
+		}
+		done(0)
 	default:
 		fmt.Fprintln(os.Stderr, "usage: cluster up|down|e2e [flags]")
 		os.Exit(2)
 	}
+}
+
+// appendResults records a run at the top of the results file, newest first.
+func appendResults(path, section string) error {
+	old, _ := os.ReadFile(path)
+	head := "# Upstream network e2e results\n\nEach section is one run of `make e2e-smoke` or `make e2e-full` (test/cluster/cmd/cluster e2e), newest first.\n"
+	body := strings.TrimPrefix(string(old), head)
+	return os.WriteFile(path, []byte(head+"\n"+section+"\n"+body), 0o644)
 }
