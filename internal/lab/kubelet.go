@@ -10,7 +10,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"time"
 
 	"k8s.io/apimachinery/pkg/types"
 
@@ -214,8 +213,6 @@ func keyOf(obj any) string {
 	k, _ := cache.DeletionHandlingMetaNamespaceKeyFunc(obj)
 	return k
 }
-
-var _ = time.Second
 
 func newUID() types.UID {
 	var b [16]byte

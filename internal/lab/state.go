@@ -96,8 +96,6 @@ func SocketPath(name string) string { return filepath.Join(Dir(name), "lab.sock"
 // LogPath is where the lab process logs.
 func LogPath(name string) string { return filepath.Join(Dir(name), "lab.log") }
 
-var errNoLab = fmt.Errorf("no such lab")
-
 // isLabProcess guards against a reused PID: only a process whose command
 // line is a lab server is ever signalled.
 func isLabProcess(pid int) bool {
