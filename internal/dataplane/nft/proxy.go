@@ -1,0 +1,519 @@
+package nft
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sort"
+	"time"
+
+	"sigs.k8s.io/knftables"
+
+	"github.com/podnet/podnet/internal/netns"
+	"github.com/podnet/podnet/internal/proxy"
+)
+
+// Proxy keeps the proxy's table (inet podnet-proxy) equal to the skeleton
+// plus one fragment per Service.
+//
+// It remembers what it committed. An incremental sync diffs each changed
+// Service's new fragment against its committed one and sends only the
+// difference, in one transaction; it never reads the table back. A full
+// sync (the first one, any after a failure, and whenever the caller asks)
+// lists only the names of the table's chains and sets, to delete the ones
+// nobody wants, and rewrites everything else.
+//
+// Map and set elements are reference-counted by owner: two Services may
+// legitimately render the same element (a pod backing both wants one
+// hairpin entry), and two may conflict (the same external IP and port).
+// The element goes away with its last owner, and of conflicting values the
+// owner that sorts first wins, deterministically, until it leaves.
+type Proxy struct {
+	nsPath string
+	nft    knftables.Interface
+
+	needFull bool
+	skel     *proxy.Skeleton
+	frags    map[string]proxy.Fragment
+	elems    map[elemKey]*elemEntry
+	isMap    map[string]bool
+}
+
+type elemKey struct{ set, key string }
+
+type elemEntry struct {
+	key    []string
+	owners map[string][]string // owner → value
+	// value and present are what the kernel holds.
+	value   []string
+	present bool
+}
+
+// winner is the value the element should have: the first owner's.
+func (e *elemEntry) winner() ([]string, bool) {
+	if len(e.owners) == 0 {
+		return nil, false
+	}
+	first := ""
+	for o := range e.owners {
+		if first == "" || o < first {
+			first = o
+		}
+	}
+	return e.owners[first], true
+}
+
+func (e *elemEntry) clone() *elemEntry {
+	c := *e
+	c.owners = make(map[string][]string, len(e.owners))
+	for k, v := range e.owners {
+		c.owners[k] = v
+	}
+	return &c
+}
+
+// skeletonOwner owns the skeleton's elements; it cannot clash with a
+// Service key, which always holds a slash.
+const skeletonOwner = "\x00skeleton"
+
+// NewProxy binds to the namespace at nsPath ("" for the current one).
+func NewProxy(nsPath string) (*Proxy, error) {
+	p := &Proxy{nsPath: nsPath}
+	err := p.do(func() (err error) {
+		p.nft, err = knftables.New(knftables.InetFamily, proxy.Table)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("nftables: %w", err)
+	}
+	p.reset()
+	return p, nil
+}
+
+// NewProxyWith uses a given knftables interface, for tests with its Fake.
+func NewProxyWith(nft knftables.Interface) *Proxy {
+	p := &Proxy{nft: nft}
+	p.reset()
+	return p
+}
+
+func (p *Proxy) reset() {
+	p.needFull = true
+	p.frags = map[string]proxy.Fragment{}
+	p.elems = map[elemKey]*elemEntry{}
+	p.isMap = map[string]bool{}
+}
+
+func (p *Proxy) do(fn func() error) error {
+	if p.nsPath == "" {
+		return fn()
+	}
+	return netns.Do(p.nsPath, fn)
+}
+
+// RequestFull makes the next sync a full one.
+func (p *Proxy) RequestFull() { p.needFull = true }
+
+// Stats counts what the table holds, for metrics.
+type Stats struct {
+	Chains, Rules, Elements, Operations int
+	Full                                bool
+}
+
+// Sync applies changes (Service key → new fragment, nil for removed) on
+// top of the committed state, or rewrites the whole table when a full
+// sync is due or the skeleton changed. On error nothing is committed and
+// the next sync is a full one.
+func (p *Proxy) Sync(ctx context.Context, skel proxy.Skeleton, changes map[string]*proxy.Fragment) (Stats, error) {
+	if p.needFull || p.skel == nil || !sameSkeleton(*p.skel, skel) {
+		frags := make(map[string]proxy.Fragment, len(p.frags)+len(changes))
+		for k, f := range p.frags {
+			frags[k] = f
+		}
+		for k, f := range changes {
+			if f == nil {
+				delete(frags, k)
+			} else {
+				frags[k] = *f
+			}
+		}
+		return p.full(ctx, skel, frags)
+	}
+	return p.incremental(ctx, changes)
+}
+
+func (p *Proxy) stats(ops int, full bool) Stats {
+	s := Stats{Operations: ops, Full: full}
+	for _, c := range p.skel.Base {
+		s.Chains++
+		s.Rules += len(c.Rules)
+	}
+	for _, c := range p.skel.Chains {
+		s.Chains++
+		s.Rules += len(c.Rules)
+	}
+	for _, f := range p.frags {
+		for _, c := range f.Chains {
+			s.Chains++
+			s.Rules += len(c.Rules)
+		}
+	}
+	for _, e := range p.elems {
+		if e.present {
+			s.Elements++
+		}
+	}
+	return s
+}
+
+func (p *Proxy) full(ctx context.Context, skel proxy.Skeleton, frags map[string]proxy.Fragment) (Stats, error) {
+	existing := map[string]map[string]bool{"chains": {}, "sets": {}, "maps": {}}
+	err := p.do(func() error {
+		for kind := range existing {
+			names, err := p.nft.List(ctx, kind)
+			if err != nil && !knftables.IsNotFound(err) {
+				return fmt.Errorf("list %s: %w", kind, err)
+			}
+			for _, n := range names {
+				existing[kind][n] = true
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		p.needFull = true
+		return Stats{}, err
+	}
+	tx := p.nft.NewTransaction()
+	tx.Add(&knftables.Table{Comment: knftables.PtrTo("podnet: Services (kube-proxy replacement); see docs/nftables.md")})
+	isMap := map[string]bool{}
+	wantSets := map[string]bool{}
+	addSet := func(s proxy.Set) {
+		wantSets[s.Name] = true
+		isMap[s.Name] = s.IsMap()
+		p.addSet(tx, s)
+		p.flushSet(tx, s.Name, s.IsMap())
+	}
+	for _, s := range skel.Sets {
+		addSet(s)
+	}
+	wantChains := map[string]bool{}
+	for _, c := range skel.Base {
+		wantChains[c.Name] = true
+		tx.Add(&knftables.Chain{Name: c.Name, Type: knftables.PtrTo(knftables.BaseChainType(c.Type)),
+			Hook: knftables.PtrTo(knftables.BaseChainHook(c.Hook)), Priority: knftables.PtrTo(knftables.BaseChainPriority(c.Priority))})
+		tx.Flush(&knftables.Chain{Name: c.Name})
+	}
+	addChain := func(c proxy.Chain) {
+		wantChains[c.Name] = true
+		tx.Add(&knftables.Chain{Name: c.Name})
+		tx.Flush(&knftables.Chain{Name: c.Name})
+	}
+	keys := sortedKeys(frags)
+	for _, c := range skel.Chains {
+		addChain(c)
+	}
+	for _, k := range keys {
+		for _, s := range frags[k].Sets {
+			if !wantSets[s.Name] {
+				addSet(s)
+			}
+		}
+		for _, c := range frags[k].Chains {
+			addChain(c)
+		}
+	}
+	// Rules go in once every chain exists, as they jump between them.
+	for _, c := range skel.Base {
+		addRules(tx, c.Chain)
+	}
+	for _, c := range skel.Chains {
+		addRules(tx, c)
+	}
+	for _, k := range keys {
+		for _, c := range frags[k].Chains {
+			addRules(tx, c)
+		}
+	}
+	elems := map[elemKey]*elemEntry{}
+	own := func(owner string, es []proxy.Element) {
+		for _, e := range es {
+			k := elemKey{e.Set, e.KeyString()}
+			en := elems[k]
+			if en == nil {
+				en = &elemEntry{key: e.Key, owners: map[string][]string{}}
+				elems[k] = en
+			}
+			en.owners[owner] = e.Value
+		}
+	}
+	own(skeletonOwner, skel.Elements)
+	for _, k := range keys {
+		own(k, frags[k].Elements)
+	}
+	for _, k := range sortedElemKeys(elems) {
+		en := elems[k]
+		en.value, en.present = en.winner()
+		tx.Add(element(k.set, isMap[k.set], en.key, en.value))
+	}
+	// Whatever else is in the table is stale: empty the chains first, so
+	// that deleting one does not trip over a jump from another.
+	var stale []string
+	for n := range existing["chains"] {
+		if !wantChains[n] {
+			stale = append(stale, n)
+		}
+	}
+	sort.Strings(stale)
+	for _, n := range stale {
+		tx.Flush(&knftables.Chain{Name: n})
+	}
+	for _, n := range stale {
+		tx.Delete(&knftables.Chain{Name: n})
+	}
+	for _, kind := range []string{"sets", "maps"} {
+		for n := range existing[kind] {
+			if !wantSets[n] {
+				if kind == "maps" {
+					tx.Delete(&knftables.Map{Name: n})
+				} else {
+					tx.Delete(&knftables.Set{Name: n})
+				}
+			}
+		}
+	}
+	if err := p.do(func() error { return p.nft.Run(ctx, tx) }); err != nil {
+		p.needFull = true
+		return Stats{}, fmt.Errorf("full sync: %w", err)
+	}
+	p.needFull = false
+	p.skel = &skel
+	p.frags = frags
+	p.elems = elems
+	p.isMap = isMap
+	return p.stats(tx.NumOperations(), true), nil
+}
+
+func (p *Proxy) incremental(ctx context.Context, changes map[string]*proxy.Fragment) (Stats, error) {
+	tx := p.nft.NewTransaction()
+	staged := map[elemKey]*elemEntry{}
+	stage := func(k elemKey, key []string) *elemEntry {
+		if e, ok := staged[k]; ok {
+			return e
+		}
+		e, ok := p.elems[k]
+		if ok {
+			e = e.clone()
+		} else {
+			e = &elemEntry{key: key, owners: map[string][]string{}}
+		}
+		staged[k] = e
+		return e
+	}
+	isMap := map[string]bool{}
+	var goneChains []string
+	var goneSets []proxy.Set
+	keys := make([]string, 0, len(changes))
+	for k := range changes {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	// Pass 1: new sets and chains, and rules of new or changed chains.
+	for _, k := range keys {
+		old, nf := p.frags[k], changes[k]
+		var next proxy.Fragment
+		if nf != nil {
+			next = *nf
+		}
+		oldSets := map[string]bool{}
+		for _, s := range old.Sets {
+			oldSets[s.Name] = true
+		}
+		newSets := map[string]bool{}
+		for _, s := range next.Sets {
+			newSets[s.Name] = true
+			isMap[s.Name] = s.IsMap()
+			if !oldSets[s.Name] {
+				p.addSet(tx, s)
+			}
+		}
+		for _, s := range old.Sets {
+			if !newSets[s.Name] {
+				goneSets = append(goneSets, s)
+			}
+		}
+		oldChains := map[string][]string{}
+		for _, c := range old.Chains {
+			oldChains[c.Name] = c.Rules
+		}
+		newChains := map[string]bool{}
+		for _, c := range next.Chains {
+			newChains[c.Name] = true
+			if _, ok := oldChains[c.Name]; !ok {
+				tx.Add(&knftables.Chain{Name: c.Name})
+			}
+		}
+		for _, c := range next.Chains {
+			rules, ok := oldChains[c.Name]
+			switch {
+			case !ok:
+				addRules(tx, c)
+			case !slices.Equal(rules, c.Rules):
+				tx.Flush(&knftables.Chain{Name: c.Name})
+				addRules(tx, c)
+			}
+		}
+		for _, c := range old.Chains {
+			if !newChains[c.Name] {
+				goneChains = append(goneChains, c.Name)
+			}
+		}
+		for _, e := range old.Elements {
+			k2 := elemKey{e.Set, e.KeyString()}
+			delete(stage(k2, e.Key).owners, k)
+		}
+		for _, e := range next.Elements {
+			k2 := elemKey{e.Set, e.KeyString()}
+			stage(k2, e.Key).owners[k] = e.Value
+		}
+	}
+	// Pass 2: elements, deletions before additions, so that a changed
+	// value is a delete and an add of the same key.
+	ekeys := sortedElemKeys(staged)
+	mapOf := func(set string) bool {
+		if m, ok := isMap[set]; ok {
+			return m
+		}
+		return p.isMap[set]
+	}
+	for _, k := range ekeys {
+		e := staged[k]
+		v, want := e.winner()
+		if e.present && (!want || !slices.Equal(v, e.value)) {
+			tx.Delete(element(k.set, mapOf(k.set), e.key, nil))
+		}
+	}
+	for _, k := range ekeys {
+		e := staged[k]
+		v, want := e.winner()
+		if want && (!e.present || !slices.Equal(v, e.value)) {
+			tx.Add(element(k.set, mapOf(k.set), e.key, v))
+		}
+		e.value, e.present = v, want
+	}
+	// Pass 3: chains and sets nobody refers to any more.
+	for _, n := range goneChains {
+		tx.Flush(&knftables.Chain{Name: n})
+	}
+	for _, n := range goneChains {
+		tx.Delete(&knftables.Chain{Name: n})
+	}
+	for _, s := range goneSets {
+		if s.IsMap() {
+			tx.Delete(&knftables.Map{Name: s.Name})
+		} else {
+			tx.Delete(&knftables.Set{Name: s.Name})
+		}
+	}
+	if tx.NumOperations() > 0 {
+		if err := p.do(func() error { return p.nft.Run(ctx, tx) }); err != nil {
+			p.needFull = true
+			return Stats{}, fmt.Errorf("incremental sync: %w", err)
+		}
+	}
+	for _, k := range keys {
+		if changes[k] == nil {
+			delete(p.frags, k)
+		} else {
+			p.frags[k] = *changes[k]
+		}
+	}
+	for k, e := range staged {
+		if len(e.owners) == 0 && !e.present {
+			delete(p.elems, k)
+		} else {
+			p.elems[k] = e
+		}
+	}
+	for n, m := range isMap {
+		p.isMap[n] = m
+	}
+	return p.stats(tx.NumOperations(), false), nil
+}
+
+// Delete removes the table, if present.
+func (p *Proxy) Delete(ctx context.Context) error {
+	tx := p.nft.NewTransaction()
+	tx.Add(&knftables.Table{})
+	tx.Delete(&knftables.Table{})
+	err := p.do(func() error { return p.nft.Run(ctx, tx) })
+	p.reset()
+	return err
+}
+
+func (p *Proxy) addSet(tx *knftables.Transaction, s proxy.Set) {
+	var flags []knftables.SetFlag
+	for _, f := range s.Flags {
+		flags = append(flags, knftables.SetFlag(f))
+	}
+	var timeout *time.Duration
+	if s.Timeout > 0 {
+		timeout = knftables.PtrTo(s.Timeout)
+	}
+	if s.IsMap() {
+		tx.Add(&knftables.Map{Name: s.Name, Type: s.Type, Flags: flags, Timeout: timeout})
+	} else {
+		tx.Add(&knftables.Set{Name: s.Name, Type: s.Type, Flags: flags, Timeout: timeout})
+	}
+}
+
+func (p *Proxy) flushSet(tx *knftables.Transaction, name string, isMap bool) {
+	if isMap {
+		tx.Flush(&knftables.Map{Name: name})
+	} else {
+		tx.Flush(&knftables.Set{Name: name})
+	}
+}
+
+func element(set string, isMap bool, key, value []string) *knftables.Element {
+	e := &knftables.Element{Key: key, Value: value}
+	if isMap {
+		e.Map = set
+	} else {
+		e.Set = set
+	}
+	return e
+}
+
+func addRules(tx *knftables.Transaction, c proxy.Chain) {
+	for _, r := range c.Rules {
+		tx.Add(&knftables.Rule{Chain: c.Name, Rule: r})
+	}
+}
+
+func sameSkeleton(a, b proxy.Skeleton) bool {
+	return fmt.Sprint(a) == fmt.Sprint(b)
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func sortedElemKeys(m map[elemKey]*elemEntry) []elemKey {
+	out := make([]elemKey, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].set != out[j].set {
+			return out[i].set < out[j].set
+		}
+		return out[i].key < out[j].key
+	})
+	return out
+}

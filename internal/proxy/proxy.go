@@ -1,0 +1,220 @@
+// Package proxy computes the nftables state that implements Services on
+// one node: it turns Services and their endpoints into chains, sets and
+// map elements, as plain data. It does no I/O; the nft backend applies
+// what it returns.
+//
+// The table (inet podnet-proxy) has a fixed skeleton of base chains that
+// classify a packet with one lookup in a verdict map keyed by
+// address . protocol . port (services4/6) or protocol . port for node
+// ports (nodeports4/6). The map sends the packet to the Service port's own
+// chain, which picks an endpoint with one numgen lookup in an anonymous
+// map and DNATs to it. So the cost per packet is a fixed number of hash
+// lookups however many Services exist, and a Service's change touches
+// only its own chains and map elements.
+//
+// Per Service port and family there are up to three chains:
+//
+//	svc4-<id>-<ns>/<name>/<port>  all cluster endpoints (ClusterIP, and external traffic under policy Cluster)
+//	loc4-<id>-<ns>/<name>/<port>  this node's endpoints (internalTrafficPolicy or externalTrafficPolicy Local)
+//	ext4-<id>-<ns>/<name>/<port>  the entry for NodePort, external and load-balancer IPs
+//
+// plus, with ClientIP session affinity, one chain and one dynamic set per
+// endpoint (aep4-<id>-<endpoint>) that remember which client went where.
+//
+// Services without endpoints are not in the NAT maps; their addresses are
+// in no-endpoints4/6, which filter chains consult to reject new
+// connections with ICMP, as kube-proxy does.
+package proxy
+
+import (
+	"crypto/sha256"
+	"encoding/base32"
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+)
+
+// Table is the nftables table (family inet) the proxy owns.
+const Table = "podnet-proxy"
+
+// MasqMark is the packet mark bit that asks nat-postrouting to masquerade.
+// It is the bit kube-proxy uses, so a node moving between the two proxies
+// sees one meaning for it.
+const MasqMark = 0x4000
+
+// Self is the node the proxy runs on.
+type Self struct {
+	Name string
+	// Zone is the node's topology.kubernetes.io/zone label.
+	Zone string
+	// NodeIPs are the addresses node ports are served on.
+	NodeIPs []netip.Addr
+	// ClusterCIDRs are the pod ranges. Traffic to a ClusterIP from outside
+	// them is masqueraded; pods reaching an externalTrafficPolicy: Local
+	// Service by its external address are sent to any endpoint.
+	ClusterCIDRs []netip.Prefix
+}
+
+// Chain is one regular chain and its rules, in nft syntax.
+type Chain struct {
+	Name  string
+	Rules []string
+}
+
+// Set declares a set or map.
+type Set struct {
+	Name string
+	// Type is the nft type, with " : verdict" for verdict maps.
+	Type    string
+	Flags   []string
+	Timeout time.Duration
+}
+
+// IsMap reports whether the set is a map.
+func (s Set) IsMap() bool { return strings.Contains(s.Type, " : ") }
+
+// Element is one element of a set or map. Value is empty for sets.
+type Element struct {
+	Set   string
+	Key   []string
+	Value []string
+}
+
+// KeyString identifies the element within its set.
+func (e Element) KeyString() string { return strings.Join(e.Key, " . ") }
+
+// Fragment is the part of the table one Service owns.
+type Fragment struct {
+	Chains   []Chain
+	Sets     []Set
+	Elements []Element
+}
+
+// BaseChain is one of the skeleton's hooked chains.
+type BaseChain struct {
+	Chain
+	Type, Hook, Priority string
+}
+
+// Skeleton is the fixed part of the table: base chains, helper chains and
+// the shared sets and maps, with the elements that depend only on the node.
+type Skeleton struct {
+	Base     []BaseChain
+	Chains   []Chain
+	Sets     []Set
+	Elements []Element
+}
+
+// family describes one IP family in nft terms.
+type family struct {
+	v    string // "4" or "6"
+	ip   string // "ip" or "ip6"
+	addr string // "ipv4_addr" or "ipv6_addr"
+}
+
+var families = []family{{"4", "ip", "ipv4_addr"}, {"6", "ip6", "ipv6_addr"}}
+
+func familyOf(a netip.Addr) family {
+	if a.Is4() {
+		return families[0]
+	}
+	return families[1]
+}
+
+// NewSkeleton renders the skeleton for a node.
+func NewSkeleton(self Self) Skeleton {
+	var sk Skeleton
+	masq := fmt.Sprintf("meta mark set meta mark or 0x%x", MasqMark)
+	sk.Chains = append(sk.Chains,
+		Chain{Name: "mark-for-masquerade", Rules: []string{masq}},
+		Chain{Name: "reject-chain", Rules: []string{"reject"}},
+	)
+	services := Chain{Name: "services"}
+	post := []string{}
+	filterIn, filterOut := []string{}, []string{}
+	for _, f := range families {
+		sk.Sets = append(sk.Sets,
+			Set{Name: "cluster-ranges" + f.v, Type: f.addr, Flags: []string{"interval"}},
+			Set{Name: "nodeport-ips" + f.v, Type: f.addr},
+			Set{Name: "cluster-ips" + f.v, Type: f.addr},
+			Set{Name: "hairpin" + f.v, Type: f.addr + " . " + f.addr},
+			Set{Name: "services" + f.v, Type: f.addr + " . inet_proto . inet_service : verdict"},
+			Set{Name: "nodeports" + f.v, Type: "inet_proto . inet_service : verdict"},
+			Set{Name: "no-endpoints" + f.v, Type: f.addr + " . inet_proto . inet_service : verdict"},
+			Set{Name: "no-endpoint-nodeports" + f.v, Type: "inet_proto . inet_service : verdict"},
+		)
+		hasRanges := false
+		for _, p := range self.ClusterCIDRs {
+			if p.Addr().Is4() == (f.v == "4") {
+				hasRanges = true
+				sk.Elements = append(sk.Elements, Element{Set: "cluster-ranges" + f.v, Key: []string{p.Masked().String()}})
+			}
+		}
+		for _, a := range self.NodeIPs {
+			if a.Is4() == (f.v == "4") {
+				sk.Elements = append(sk.Elements, Element{Set: "nodeport-ips" + f.v, Key: []string{a.String()}})
+			}
+		}
+		// Off-cluster clients of a ClusterIP (the node itself, or a router
+		// that sends service traffic in) are masqueraded so that replies
+		// come back through this node, which holds the NAT state.
+		if hasRanges {
+			services.Rules = append(services.Rules, fmt.Sprintf("%s daddr @cluster-ips%s %s saddr != @cluster-ranges%s jump mark-for-masquerade", f.ip, f.v, f.ip, f.v))
+		}
+		services.Rules = append(services.Rules,
+			fmt.Sprintf("%s daddr . meta l4proto . th dport vmap @services%s", f.ip, f.v),
+			fmt.Sprintf("%s daddr @nodeport-ips%s meta l4proto . th dport vmap @nodeports%s", f.ip, f.v, f.v),
+		)
+		// A pod reaching itself through a Service arrives from its own
+		// address: masquerade it, or the pod would drop its own packet.
+		post = append(post, fmt.Sprintf("ct status dnat %s saddr . %s daddr @hairpin%s masquerade", f.ip, f.ip, f.v))
+		noEP := fmt.Sprintf("ct state new %s daddr . meta l4proto . th dport vmap @no-endpoints%s", f.ip, f.v)
+		noNP := fmt.Sprintf("ct state new %s daddr @nodeport-ips%s meta l4proto . th dport vmap @no-endpoint-nodeports%s", f.ip, f.v, f.v)
+		filterIn = append(filterIn, noNP, noEP)
+		filterOut = append(filterOut, noNP, noEP)
+	}
+	post = append(post,
+		fmt.Sprintf("meta mark & 0x%x == 0 return", MasqMark),
+		fmt.Sprintf("meta mark set meta mark xor 0x%x", MasqMark),
+		"masquerade fully-random",
+	)
+	sk.Chains = append(sk.Chains, services)
+	var filterFwd []string
+	for _, f := range families {
+		filterFwd = append(filterFwd, fmt.Sprintf("ct state new %s daddr . meta l4proto . th dport vmap @no-endpoints%s", f.ip, f.v))
+	}
+	sk.Base = []BaseChain{
+		{Chain: Chain{Name: "nat-prerouting", Rules: []string{"jump services"}}, Type: "nat", Hook: "prerouting", Priority: "dstnat"},
+		{Chain: Chain{Name: "nat-output", Rules: []string{"jump services"}}, Type: "nat", Hook: "output", Priority: "dstnat"},
+		{Chain: Chain{Name: "nat-postrouting", Rules: post}, Type: "nat", Hook: "postrouting", Priority: "srcnat"},
+		{Chain: Chain{Name: "filter-input", Rules: filterIn}, Type: "filter", Hook: "input", Priority: "filter - 10"},
+		{Chain: Chain{Name: "filter-forward", Rules: filterFwd}, Type: "filter", Hook: "forward", Priority: "filter - 10"},
+		{Chain: Chain{Name: "filter-output", Rules: filterOut}, Type: "filter", Hook: "output", Priority: "filter - 10"},
+	}
+	return sk
+}
+
+var b32 = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
+
+// chainID is a short stable hash; the readable suffix is for humans only
+// and may be cut, so the hash is what keeps names unique.
+func chainID(parts ...string) string {
+	sum := sha256.Sum256([]byte(strings.Join(parts, "\x00")))
+	return b32.EncodeToString(sum[:])[:10]
+}
+
+// maxChainName keeps names well inside the kernel's 256-byte limit.
+const maxChainName = 200
+
+// nameSafe keeps the readable part of a chain name within what nft accepts
+// unquoted (':' would not parse in an IPv6 address).
+var nameSafe = strings.NewReplacer(":", ".", "[", "", "]", "", " ", "_")
+
+func chainName(kind string, f family, id, human string) string {
+	n := fmt.Sprintf("%s%s-%s-%s", kind, f.v, id, nameSafe.Replace(human))
+	if len(n) > maxChainName {
+		n = n[:maxChainName]
+	}
+	return n
+}

@@ -1,0 +1,226 @@
+package proxy
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/podnet/podnet/internal/model"
+)
+
+// Info is what a Service's rendering tells the agent besides rules.
+type Info struct {
+	// LocalEndpoints counts the distinct endpoints on this node that
+	// external traffic may use: the figure a health check node port
+	// reports to load balancers.
+	LocalEndpoints int
+	// Endpoints counts the endpoints in use, over all ports and families.
+	Endpoints int
+}
+
+// Render computes the fragment of one Service on the node self. eps holds
+// the endpoints of every Service port (both families mixed, as the
+// EndpointSlices of a dual-stack Service give them).
+func Render(self Self, s model.Service, eps map[model.PortKey][]model.Endpoint) (Fragment, Info) {
+	r := renderer{self: self, svc: s, chains: map[string]bool{}, sets: map[string]bool{}}
+	localSeen := map[netip.Addr]bool{}
+	for _, cip := range s.ClusterIPs {
+		f := familyOf(cip)
+		r.elem("cluster-ips"+f.v, []string{cip.String()}, nil)
+		var ext []netip.Addr
+		for _, a := range append(append([]netip.Addr{}, s.ExternalIPs...), s.LoadBalancerIPs...) {
+			if a.Is4() == cip.Is4() && !slices.Contains(ext, a) {
+				ext = append(ext, a)
+			}
+		}
+		for _, p := range s.Ports {
+			all := eps[model.PortKey{ServiceName: s.ServiceName, Port: p.Name, Protocol: p.Protocol}]
+			all = filter(all, func(e model.Endpoint) bool { return e.Addr.Is4() == cip.Is4() })
+			cluster, local := Categorize(all, self)
+			r.port(f, cip, ext, p, cluster, local, len(all) > 0 && hasUsable(all))
+			for _, e := range local {
+				localSeen[e.Addr] = true
+			}
+			r.info.Endpoints += len(cluster)
+		}
+	}
+	r.info.LocalEndpoints = len(localSeen)
+	return r.frag, r.info
+}
+
+// hasUsable reports whether any endpoint could ever be chosen (ready, or
+// serving while terminating): with none, traffic is rejected rather than
+// dropped.
+func hasUsable(eps []model.Endpoint) bool {
+	for _, e := range eps {
+		if e.Ready || (e.Serving && e.Terminating) {
+			return true
+		}
+	}
+	return false
+}
+
+type renderer struct {
+	self   Self
+	svc    model.Service
+	frag   Fragment
+	info   Info
+	chains map[string]bool
+	sets   map[string]bool
+}
+
+func (r *renderer) elem(set string, key, value []string) {
+	for _, e := range r.frag.Elements {
+		if e.Set == set && slices.Equal(e.Key, key) {
+			return
+		}
+	}
+	r.frag.Elements = append(r.frag.Elements, Element{Set: set, Key: key, Value: value})
+}
+
+func (r *renderer) chain(name string, rules []string) {
+	if r.chains[name] {
+		return
+	}
+	r.chains[name] = true
+	r.frag.Chains = append(r.frag.Chains, Chain{Name: name, Rules: rules})
+}
+
+func (r *renderer) hasRanges(f family) bool {
+	for _, p := range r.self.ClusterCIDRs {
+		if p.Addr().Is4() == (f.v == "4") {
+			return true
+		}
+	}
+	return false
+}
+
+// port renders one Service port in one family.
+func (r *renderer) port(f family, cip netip.Addr, ext []netip.Addr, p model.ServicePort, cluster, local []model.Endpoint, usable bool) {
+	s := r.svc
+	id := chainID(s.Namespace, s.Name, p.Name, string(p.Protocol), f.v)
+	human := fmt.Sprintf("%s/%s/%s", s.Namespace, s.Name, p.Name)
+	svcChain := chainName("svc", f, id, human)
+	locChain := chainName("loc", f, id, human)
+	extChain := chainName("ext", f, id, human)
+	proto, port := string(p.Protocol), fmt.Sprint(p.Port)
+	useSvc := func() string { r.chain(svcChain, r.balance(f, id, p.Protocol, cluster)); return "goto " + svcChain }
+	useLoc := func() string { r.chain(locChain, r.balance(f, id, p.Protocol, local)); return "goto " + locChain }
+	reject := []string{"goto reject-chain"}
+
+	// The ClusterIP.
+	cipKey := []string{cip.String(), proto, port}
+	switch {
+	case !usable:
+		r.elem("no-endpoints"+f.v, cipKey, reject)
+	case s.InternalLocal && len(local) > 0:
+		r.elem("services"+f.v, cipKey, []string{useLoc()})
+	case s.InternalLocal:
+		// Endpoints exist, but none here: kube-proxy drops, so the client
+		// sees a timeout, not a refusal it might take for a closed port.
+		r.elem("no-endpoints"+f.v, cipKey, []string{"drop"})
+	case len(cluster) > 0:
+		r.elem("services"+f.v, cipKey, []string{useSvc()})
+	default:
+		r.elem("no-endpoints"+f.v, cipKey, reject)
+	}
+	for _, e := range append(append([]model.Endpoint{}, cluster...), local...) {
+		r.elem("hairpin"+f.v, []string{e.Addr.String(), e.Addr.String()}, nil)
+	}
+	if len(ext) == 0 && p.NodePort == 0 {
+		return
+	}
+
+	// External entry points: node ports, external and load-balancer IPs.
+	var extVerdict []string
+	if !usable || (!s.ExternalLocal && len(cluster) == 0) {
+		for _, a := range ext {
+			r.elem("no-endpoints"+f.v, []string{a.String(), proto, port}, reject)
+		}
+		if p.NodePort != 0 {
+			r.elem("no-endpoint-nodeports"+f.v, []string{proto, fmt.Sprint(p.NodePort)}, reject)
+		}
+		return
+	}
+	var rules []string
+	if !s.ExternalLocal {
+		rules = []string{"jump mark-for-masquerade", useSvc()}
+	} else {
+		// Policy Local keeps the client's address, so only this node's
+		// endpoints may answer. Traffic that starts inside the cluster
+		// (pods, and the node itself) does not need that and may use any
+		// endpoint, as with kube-proxy.
+		if len(cluster) > 0 {
+			if r.hasRanges(f) {
+				rules = append(rules, fmt.Sprintf("%s saddr @cluster-ranges%s %s", f.ip, f.v, useSvc()))
+			}
+			rules = append(rules, "fib saddr type local jump mark-for-masquerade", "fib saddr type local "+useSvc())
+		}
+		if len(local) > 0 {
+			rules = append(rules, useLoc())
+		} else {
+			rules = append(rules, "drop")
+		}
+	}
+	r.chain(extChain, rules)
+	extVerdict = []string{"goto " + extChain}
+	for _, a := range ext {
+		r.elem("services"+f.v, []string{a.String(), proto, port}, extVerdict)
+	}
+	if p.NodePort != 0 {
+		r.elem("nodeports"+f.v, []string{proto, fmt.Sprint(p.NodePort)}, extVerdict)
+	}
+}
+
+// balance renders the rules that pick one of eps and DNAT to it. Without
+// session affinity it is one rule: a numgen lookup in an anonymous map.
+// With affinity each endpoint gets a chain that records the client in a
+// dynamic set with the affinity timeout, and the balancer first sends
+// clients found in one of those sets back to the same endpoint.
+func (r *renderer) balance(f family, id string, proto model.Protocol, eps []model.Endpoint) []string {
+	if len(eps) == 0 {
+		return []string{"drop"}
+	}
+	if r.svc.Affinity == 0 {
+		return []string{dnat(f, proto, eps)}
+	}
+	var rules, targets []string
+	for _, e := range eps {
+		ap := netip.AddrPortFrom(e.Addr, e.Port).String()
+		eid := chainID(ap)[:6]
+		set := fmt.Sprintf("aff%s-%s-%s", f.v, id, eid)
+		ch := chainName("aep", f, id+"-"+eid, ap)
+		if !r.sets[set] {
+			r.sets[set] = true
+			r.frag.Sets = append(r.frag.Sets, Set{Name: set, Type: f.addr, Flags: []string{"dynamic", "timeout"}, Timeout: r.svc.Affinity})
+		}
+		r.chain(ch, []string{
+			fmt.Sprintf("update @%s { %s saddr }", set, f.ip),
+			dnat(f, proto, []model.Endpoint{e}),
+		})
+		rules = append(rules, fmt.Sprintf("%s saddr @%s goto %s", f.ip, set, ch))
+		targets = append(targets, ch)
+	}
+	if len(targets) == 1 {
+		return append(rules, "goto "+targets[0])
+	}
+	var m []string
+	for i, t := range targets {
+		m = append(m, fmt.Sprintf("%d : goto %s", i, t))
+	}
+	// " , " rather than ", ": knftables' fake reads a chain name up to the
+	// next space.
+	return append(rules, fmt.Sprintf("numgen random mod %d vmap { %s }", len(targets), strings.Join(m, " , ")))
+}
+
+func dnat(f family, proto model.Protocol, eps []model.Endpoint) string {
+	if len(eps) == 1 {
+		return fmt.Sprintf("meta l4proto %s dnat %s to %s", proto, f.ip, netip.AddrPortFrom(eps[0].Addr, eps[0].Port))
+	}
+	m := make([]string, len(eps))
+	for i, e := range eps {
+		m[i] = fmt.Sprintf("%d : %s . %d", i, e.Addr, e.Port)
+	}
+	return fmt.Sprintf("meta l4proto %s dnat %s to numgen random mod %d map { %s }", proto, f.ip, len(eps), strings.Join(m, ", "))
+}
