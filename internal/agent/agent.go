@@ -51,6 +51,12 @@ type Config struct {
 	// Chain lists reference plugins to chain after podnet in the conflist.
 	Chain        []string
 	ResyncPeriod time.Duration
+	// Proxy turns on the service proxy (the kube-proxy replacement).
+	Proxy bool
+	// ProxyMinSyncInterval spaces service syncs (default 50ms);
+	// ProxyFullSyncPeriod is the safety-net full rewrite (default 5m).
+	ProxyMinSyncInterval time.Duration
+	ProxyFullSyncPeriod  time.Duration
 	// Allocator, when set, claims pod ranges for this node if the cluster
 	// assigns none.
 	Allocator *BlockAllocator
@@ -64,6 +70,7 @@ type Agent struct {
 	routes  *link.Routes
 	overlay *link.Overlay
 	masq    *nft.Masq
+	proxy   *svcProxy
 	trigger chan struct{}
 	ready   atomic.Bool
 	nodes   func() ([]*corev1.Node, error)
@@ -100,6 +107,20 @@ func New(cfg Config) (*Agent, error) {
 			return nil, err
 		}
 	}
+	if cfg.Proxy {
+		if a.cfg.ProxyMinSyncInterval == 0 {
+			a.cfg.ProxyMinSyncInterval = 50 * time.Millisecond
+		}
+		if a.cfg.ProxyFullSyncPeriod == 0 {
+			a.cfg.ProxyFullSyncPeriod = 5 * time.Minute
+		}
+		backend, err := nft.NewProxy(cfg.NetNS)
+		if err != nil {
+			h.Close()
+			return nil, err
+		}
+		a.proxy = newSvcProxy(a, backend)
+	}
 	return a, nil
 }
 
@@ -110,8 +131,11 @@ func nsPath(p string) string {
 	return p
 }
 
-// Ready reports whether the first full sync has been applied.
-func (a *Agent) Ready() bool { return a.ready.Load() }
+// Ready reports whether the first full sync has been applied, of routes
+// and, with the proxy on, of Services.
+func (a *Agent) Ready() bool {
+	return a.ready.Load() && (a.proxy == nil || a.proxy.ready.Load())
+}
 
 // Routes exposes the route backend, for inspection.
 func (a *Agent) Routes() *link.Routes { return a.routes }
@@ -128,7 +152,12 @@ func (a *Agent) kick() {
 // conflist is removed, so the runtime stops sending pods to a node whose
 // network is no longer managed.
 func (a *Agent) Run(ctx context.Context) error {
-	store := &nodeStore{Store: cache.NewStore(cache.MetaNamespaceKeyFunc), onChange: a.kick}
+	store := &nodeStore{Store: cache.NewStore(cache.MetaNamespaceKeyFunc), onChange: func() {
+		a.kick()
+		if a.proxy != nil {
+			a.proxy.kick() // the node's zone and addresses matter to Services
+		}
+	}}
 	a.nodes = store.nodes
 	watchNodes(ctx, a.cfg.Client, store)
 	if !cache.WaitForCacheSync(ctx.Done(), store.synced.Load) {
@@ -138,6 +167,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		if err := a.claimPodCIDRs(ctx); err != nil {
 			return err
 		}
+	}
+	if a.proxy != nil {
+		a.proxy.start(ctx)
+		go a.proxy.run(ctx)
 	}
 	a.loop(ctx)
 	return nil

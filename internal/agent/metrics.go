@@ -16,6 +16,15 @@ type metrics struct {
 	overlay      *prometheus.GaugeVec
 	skipped      prometheus.Gauge
 	changes      *prometheus.CounterVec
+
+	proxySyncDuration prometheus.Histogram
+	programming       prometheus.Histogram
+	proxySyncs        *prometheus.CounterVec
+	proxyFullSyncs    prometheus.Counter
+	proxyChains       prometheus.Gauge
+	proxyRules        prometheus.Gauge
+	proxyElements     prometheus.Gauge
+	proxyServices     prometheus.Gauge
 }
 
 func newMetrics() *metrics {
@@ -51,6 +60,31 @@ func newMetrics() *metrics {
 			Help: "Kernel objects added or changed, and removed, by the routing syncs.",
 		}, []string{"op"}),
 	}
+	// The proxy's series mean what kube-proxy's of the same name mean, so
+	// dashboards carry over.
+	m.proxySyncDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "podnet_proxy_sync_proxy_rules_duration_seconds",
+		Help:    "Time to render changed Services and apply them to nftables, per sync.",
+		Buckets: prometheus.ExponentialBuckets(0.001, 2, 15),
+	})
+	m.programming = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "podnet_proxy_network_programming_duration_seconds",
+		Help:    "Time from an endpoint change (the EndpointSlice's last-change-trigger-time) to its rules being in the kernel.",
+		Buckets: prometheus.ExponentialBuckets(0.001, 2, 18),
+	})
+	m.proxySyncs = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "podnet_proxy_syncs_total",
+		Help: "Service syncs by result (success or error).",
+	}, []string{"result"})
+	m.proxyFullSyncs = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "podnet_proxy_full_syncs_total",
+		Help: "Service syncs that rewrote the whole table (start, after a failure, periodic).",
+	})
+	m.proxyChains = prometheus.NewGauge(prometheus.GaugeOpts{Name: "podnet_proxy_nftables_chains", Help: "Chains in the proxy's nftables table."})
+	m.proxyRules = prometheus.NewGauge(prometheus.GaugeOpts{Name: "podnet_proxy_nftables_rules", Help: "Rules in the proxy's nftables table."})
+	m.proxyElements = prometheus.NewGauge(prometheus.GaugeOpts{Name: "podnet_proxy_nftables_elements", Help: "Set and map elements in the proxy's nftables table."})
+	m.proxyServices = prometheus.NewGauge(prometheus.GaugeOpts{Name: "podnet_proxy_services", Help: "Services known to the proxy."})
+	m.registry.MustRegister(m.proxySyncDuration, m.programming, m.proxySyncs, m.proxyFullSyncs, m.proxyChains, m.proxyRules, m.proxyElements, m.proxyServices)
 	m.registry.MustRegister(m.syncDuration, m.syncs, m.peers, m.routes, m.overlay, m.skipped, m.changes,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

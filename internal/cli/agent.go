@@ -49,6 +49,11 @@ type agentConfig struct {
 	RemoveConfOnExit bool     `json:"removeCNIConfigOnExit"`
 	HealthAddr       string   `json:"healthAddr"`
 	ResyncPeriod     string   `json:"resyncPeriod"`
+	// Proxy runs podnet's service proxy; leave it off while kube-proxy
+	// runs on the node.
+	Proxy                bool   `json:"proxy"`
+	ProxyMinSyncInterval string `json:"proxyMinSyncInterval"`
+	ProxyFullSyncPeriod  string `json:"proxyFullSyncPeriod"`
 }
 
 func defaultAgentConfig() agentConfig {
@@ -57,6 +62,7 @@ func defaultAgentConfig() agentConfig {
 		VXLANVNI: routing.DefaultVXLAN.VNI, VXLANPort: routing.DefaultVXLAN.Port,
 		CNIConfDir: "/etc/cni/net.d", CNIDataDir: cni.DefaultDataDir, CNIChain: []string{"portmap"},
 		HealthAddr: "0.0.0.0:9941", ResyncPeriod: "30s",
+		ProxyMinSyncInterval: "50ms", ProxyFullSyncPeriod: "5m",
 	}
 }
 
@@ -121,6 +127,9 @@ func agentCmd() *cobra.Command {
 	f.BoolVar(&c.RemoveConfOnExit, "remove-cni-config-on-exit", false, "remove the conflist when the agent exits (an uninstall, not a restart)")
 	f.StringVar(&c.HealthAddr, "health-addr", c.HealthAddr, "address for /healthz, /readyz and /metrics (empty: off)")
 	f.StringVar(&c.ResyncPeriod, "resync", c.ResyncPeriod, "full resync period")
+	f.BoolVar(&c.Proxy, "proxy", false, "implement Services (replaces kube-proxy; do not run both)")
+	f.StringVar(&c.ProxyMinSyncInterval, "proxy-min-sync-interval", c.ProxyMinSyncInterval, "minimum time between service syncs")
+	f.StringVar(&c.ProxyFullSyncPeriod, "proxy-full-sync-period", c.ProxyFullSyncPeriod, "period of the safety-net full rewrite of the service rules")
 	return cmd
 }
 
@@ -163,6 +172,14 @@ func runAgent(c agentConfig) error {
 	if err != nil || resync <= 0 {
 		return fmt.Errorf("resync period %q: want a positive duration", c.ResyncPeriod)
 	}
+	minSync, err := time.ParseDuration(c.ProxyMinSyncInterval)
+	if err != nil || minSync < 0 {
+		return fmt.Errorf("proxy min sync interval %q: want a duration", c.ProxyMinSyncInterval)
+	}
+	fullSync, err := time.ParseDuration(c.ProxyFullSyncPeriod)
+	if err != nil || fullSync <= 0 {
+		return fmt.Errorf("proxy full sync period %q: want a positive duration", c.ProxyFullSyncPeriod)
+	}
 	var rc *rest.Config
 	if c.Kubeconfig != "" {
 		rc, err = clientcmd.BuildConfigFromFlags("", c.Kubeconfig)
@@ -196,6 +213,7 @@ func runAgent(c agentConfig) error {
 		ClusterCIDRs: clusters, ServiceCIDRs: services,
 		CNIConfDir: c.CNIConfDir, CNIDataDir: c.CNIDataDir, MTU: c.MTU, Chain: c.CNIChain,
 		ResyncPeriod: resync, Allocator: alloc, Log: log,
+		Proxy: c.Proxy, ProxyMinSyncInterval: minSync, ProxyFullSyncPeriod: fullSync,
 	})
 	if err != nil {
 		return err

@@ -58,5 +58,11 @@ func applyFlag(cfg, flags *agentConfig, name, clusterCIDRs, serviceCIDRs, chain 
 		cfg.HealthAddr = flags.HealthAddr
 	case "resync":
 		cfg.ResyncPeriod = flags.ResyncPeriod
+	case "proxy":
+		cfg.Proxy = flags.Proxy
+	case "proxy-min-sync-interval":
+		cfg.ProxyMinSyncInterval = flags.ProxyMinSyncInterval
+	case "proxy-full-sync-period":
+		cfg.ProxyFullSyncPeriod = flags.ProxyFullSyncPeriod
 	}
 }

@@ -339,7 +339,7 @@ func labProbeCmd(name *string) *cobra.Command {
 	var output string
 	c := &cobra.Command{
 		Use:   "probe",
-		Short: "Try every pod → pod connection with real packets and print the reachability matrix",
+		Short: "Try every pod → pod (or → Service) connection with real packets and print the reachability matrix",
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			res, err := probe(*name, req)
 			if err != nil {
@@ -350,6 +350,10 @@ func labProbeCmd(name *string) *cobra.Command {
 				enc.SetIndent("", "  ")
 				return enc.Encode(res)
 			}
+			if req.ToServices {
+				printServiceProbe(os.Stdout, res)
+				return nil
+			}
 			printMatrix(os.Stdout, res)
 			return nil
 		},
@@ -357,6 +361,8 @@ func labProbeCmd(name *string) *cobra.Command {
 	c.Flags().IntVar(&req.Port, "port", 0, "port to try on every pod (default: each pod's declared ports)")
 	c.Flags().StringVar(&req.Protocol, "protocol", "", "TCP or UDP (default: TCP with --port, else each declared port's)")
 	c.Flags().StringVar(&req.Family, "family", "", "ipv4 or ipv6 (default: each pod's primary address)")
+	c.Flags().BoolVar(&req.ToServices, "to-services", false, "try every Service's ClusterIPs and ports instead of the pods")
+	c.Flags().BoolVar(&req.FromNodes, "from-nodes", false, "also try from every node's own namespace")
 	c.Flags().StringVarP(&output, "output", "o", "table", "table or json")
 	return c
 }

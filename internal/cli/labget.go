@@ -137,7 +137,11 @@ func printGet(name, kind, output string, out io.Writer) error {
 		for _, s := range l.Items {
 			var ports []string
 			for _, p := range s.Spec.Ports {
-				ports = append(ports, fmt.Sprintf("%d/%s", p.Port, protoOr(p.Protocol)))
+				if p.NodePort != 0 {
+					ports = append(ports, fmt.Sprintf("%d:%d/%s", p.Port, p.NodePort, protoOr(p.Protocol)))
+				} else {
+					ports = append(ports, fmt.Sprintf("%d/%s", p.Port, protoOr(p.Protocol)))
+				}
 			}
 			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s", s.Namespace, s.Name, s.Spec.Type, dash(s.Spec.ClusterIP), dash(strings.Join(ports, ",")))
 			if wide {
@@ -231,4 +235,23 @@ func printMatrix(out io.Writer, res []lab.ProbeResult) {
 		w.Flush()
 	}
 	fmt.Fprintf(out, "\n%d/%d connections succeeded\n", ok, len(res))
+}
+
+// printServiceProbe lists each client → Service try and the backend that
+// answered, so load balancing and traffic policies are visible.
+func printServiceProbe(out io.Writer, res []lab.ProbeResult) {
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "FROM\tSERVICE\tTARGET\tPROTO\tANSWERED BY\tSEEN SOURCE")
+	ok := 0
+	for _, r := range res {
+		ans, src := r.AnsweredBy, r.Source
+		if !r.Connected {
+			ans, src = "FAILED: "+r.Error, "-"
+		} else {
+			ok++
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", r.From, strings.TrimPrefix(r.To, "svc/"), r.Target, r.Protocol, ans, dash(src))
+	}
+	w.Flush()
+	fmt.Fprintf(out, "%d/%d connections answered\n", ok, len(res))
 }

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"sort"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -87,9 +88,13 @@ func (l *Lab) syncEndpoints(ctx context.Context, ns string) error {
 	if err != nil {
 		return err
 	}
+	zones := map[string]string{}
+	for _, n := range l.nodes {
+		zones[n.name] = zoneOf(n.index)
+	}
 	want := map[string]*discoveryv1.EndpointSlice{}
 	for _, s := range svcs {
-		for _, es := range DesiredSlices(s, pods) {
+		for _, es := range DesiredSlices(s, pods, zones) {
 			want[es.Name] = es
 		}
 	}
@@ -98,7 +103,10 @@ func (l *Lab) syncEndpoints(ctx context.Context, ns string) error {
 		have[es.Name] = es
 	}
 	api := l.client.DiscoveryV1().EndpointSlices(ns)
+	// The proxy measures network programming latency from this stamp.
+	now := time.Now().UTC().Format(time.RFC3339Nano)
 	for name, es := range want {
+		es.Annotations = map[string]string{corev1.EndpointsLastChangeTriggerTime: now}
 		old, ok := have[name]
 		switch {
 		case !ok:
@@ -142,7 +150,12 @@ func portsSignature(ports []discoveryv1.EndpointPort) string {
 // resolve to different numbers on different pods). Services without a
 // selector, and ExternalName Services, get none: their slices are someone
 // else's.
-func DesiredSlices(svc *corev1.Service, pods []*corev1.Pod) []*discoveryv1.EndpointSlice {
+//
+// zones maps node names to their zones. Endpoints carry their zone, and
+// with trafficDistribution: PreferClose a hint for it, as the upstream
+// controller gives them.
+func DesiredSlices(svc *corev1.Service, pods []*corev1.Pod, zones map[string]string) []*discoveryv1.EndpointSlice {
+	preferClose := svc.Spec.TrafficDistribution != nil && *svc.Spec.TrafficDistribution == corev1.ServiceTrafficDistributionPreferClose
 	if svc.Spec.Type == corev1.ServiceTypeExternalName || len(svc.Spec.Selector) == 0 {
 		return nil
 	}
@@ -179,12 +192,19 @@ func DesiredSlices(svc *corev1.Service, pods []*corev1.Pod) []*discoveryv1.Endpo
 			terminating := p.DeletionTimestamp != nil
 			serving := podReady(p)
 			node := p.Spec.NodeName
-			g.eps = append(g.eps, discoveryv1.Endpoint{
+			e := discoveryv1.Endpoint{
 				Addresses:  []string{ip},
 				Conditions: discoveryv1.EndpointConditions{Ready: &ready, Serving: &serving, Terminating: &terminating},
 				NodeName:   &node,
 				TargetRef:  &corev1.ObjectReference{Kind: "Pod", Namespace: p.Namespace, Name: p.Name, UID: p.UID},
-			})
+			}
+			if z, ok := zones[node]; ok {
+				e.Zone = &z
+				if preferClose {
+					e.Hints = &discoveryv1.EndpointHints{ForZones: []discoveryv1.ForZone{{Name: z}}}
+				}
+			}
+			g.eps = append(g.eps, e)
 		}
 		if len(groups) == 0 {
 			groups[""] = &group{ports: resolvePorts(svc, nil)}

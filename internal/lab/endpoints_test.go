@@ -43,7 +43,7 @@ func TestDesiredSlicesNamedPorts(t *testing.T) {
 		pod("d", map[string]string{"app": "db"}, "10.0.0.4", true),
 		pod("e", web, "fd00::5", true, corev1.ContainerPort{Name: "http", ContainerPort: 8080}),
 	}
-	slices := DesiredSlices(svc, pods)
+	slices := DesiredSlices(svc, pods, nil)
 	if len(slices) != 2 {
 		t.Fatalf("want 2 slices (8080 and 9090), got %d", len(slices))
 	}
@@ -58,7 +58,7 @@ func TestDesiredSlicesNamedPorts(t *testing.T) {
 	}
 	ext := svc.DeepCopy()
 	ext.Spec.Type = corev1.ServiceTypeExternalName
-	if s := DesiredSlices(ext, pods); len(s) != 0 {
+	if s := DesiredSlices(ext, pods, nil); len(s) != 0 {
 		t.Fatalf("ExternalName got slices: %v", s)
 	}
 }

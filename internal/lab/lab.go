@@ -155,6 +155,7 @@ func Up(ctx context.Context, opt Options) (_ *Lab, err error) {
 			ServiceCIDRs: serviceCIDRs(opt.Family),
 			CNIConfDir:   n.confDir,
 			CNIDataDir:   filepath.Join(l.dir, "nodes", n.name, "ipam"),
+			Proxy:        true,
 			Log:          l.log.With("component", "agent"),
 		})
 		if err != nil {
@@ -199,13 +200,12 @@ func (l *Lab) registerNodes(ctx context.Context) error {
 	if err := l.ensureNamespace(ctx, "default"); err != nil {
 		return err
 	}
-	zones := []string{"zone-a", "zone-b", "zone-c"}
 	for _, n := range l.nodes {
 		obj := &corev1.Node{
 			ObjectMeta: metav1.ObjectMeta{Name: n.name, Labels: map[string]string{
 				"kubernetes.io/hostname":      n.name,
 				"kubernetes.io/os":            "linux",
-				"topology.kubernetes.io/zone": zones[(n.index-1)%len(zones)],
+				"topology.kubernetes.io/zone": zoneOf(n.index),
 			}},
 		}
 		for _, c := range nodePodCIDRs(l.opt.Family, n.index) {
@@ -233,6 +233,11 @@ func (l *Lab) registerNodes(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// zoneOf spreads nodes over three zones, round-robin.
+func zoneOf(index int) string {
+	return []string{"zone-a", "zone-b", "zone-c"}[(index-1)%3]
 }
 
 func (l *Lab) ensureNamespace(ctx context.Context, name string) error {

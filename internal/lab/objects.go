@@ -161,6 +161,9 @@ func (l *Lab) applyService(ctx context.Context, s *corev1.Service) error {
 		if err := l.allocateClusterIPs(ctx, s); err != nil {
 			return err
 		}
+		if err := l.allocateNodePorts(ctx, s); err != nil {
+			return err
+		}
 	}
 	_, err = api.Create(ctx, s, metav1.CreateOptions{})
 	return err
@@ -308,4 +311,47 @@ func (l *Lab) waitPods(ctx context.Context, keys []string, running bool) error {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+}
+
+// allocateNodePorts gives NodePort and LoadBalancer Services the node ports
+// (and, under externalTrafficPolicy: Local, the health check node port)
+// that they leave unset, from 30000-32767, as the apiserver does.
+func (l *Lab) allocateNodePorts(ctx context.Context, s *corev1.Service) error {
+	if s.Spec.Type != corev1.ServiceTypeNodePort && s.Spec.Type != corev1.ServiceTypeLoadBalancer {
+		return nil
+	}
+	existing, err := l.client.CoreV1().Services("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return err
+	}
+	used := map[int32]bool{}
+	for _, o := range existing.Items {
+		for _, p := range o.Spec.Ports {
+			used[p.NodePort] = true
+		}
+		used[o.Spec.HealthCheckNodePort] = true
+	}
+	for _, p := range s.Spec.Ports {
+		used[p.NodePort] = true
+	}
+	next := func() (int32, error) {
+		for p := int32(30000); p <= 32767; p++ {
+			if !used[p] {
+				used[p] = true
+				return p, nil
+			}
+		}
+		return 0, fmt.Errorf("service %s/%s: no free node port", s.Namespace, s.Name)
+	}
+	for i := range s.Spec.Ports {
+		if s.Spec.Ports[i].NodePort == 0 {
+			if s.Spec.Ports[i].NodePort, err = next(); err != nil {
+				return err
+			}
+		}
+	}
+	if s.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal && s.Spec.HealthCheckNodePort == 0 {
+		s.Spec.HealthCheckNodePort, err = next()
+	}
+	return err
 }

@@ -21,6 +21,11 @@ type ProbeRequest struct {
 	// for each pod's primary address.
 	Family  string        `json:"family,omitempty"`
 	Timeout time.Duration `json:"timeout,omitempty"`
+	// ToServices targets every Service's ClusterIPs and ports instead of
+	// the pods; results name the Service as "svc/NAMESPACE/NAME".
+	ToServices bool `json:"toServices,omitempty"`
+	// FromNodes adds the node namespaces as sources, named "node/NAME".
+	FromNodes bool `json:"fromNodes,omitempty"`
 }
 
 type probeTarget struct {
@@ -53,7 +58,25 @@ func (l *Lab) Probe(ctx context.Context, req ProbeRequest) []ProbeResult {
 	var jobs []*ProbeResult
 	var dsts []netip.AddrPort
 	var srcs []string
-	for _, from := range pods {
+	sources := pods
+	if req.FromNodes {
+		for _, n := range l.nodes {
+			sources = append(sources, probeTarget{key: "node/" + n.name, from: &sandbox{nsPath: n.nsPath}})
+		}
+	}
+	if req.ToServices {
+		for _, t := range l.serviceTargets(req) {
+			for _, from := range sources {
+				jobs = append(jobs, &ProbeResult{From: from.key, To: t.name, Port: int(t.dst.Port()), Protocol: t.proto, Target: t.dst.String()})
+				dsts = append(dsts, t.dst)
+				srcs = append(srcs, from.from.nsPath)
+			}
+		}
+	}
+	for _, from := range sources {
+		if req.ToServices {
+			break
+		}
 		for _, to := range pods {
 			ip, ok := pickIP(to.ips, req.Family)
 			if !ok {
@@ -87,6 +110,45 @@ func (l *Lab) Probe(ctx context.Context, req ProbeRequest) []ProbeResult {
 	for i, j := range jobs {
 		out[i] = *j
 	}
+	return out
+}
+
+type serviceTarget struct {
+	name  string
+	proto string
+	dst   netip.AddrPort
+}
+
+// serviceTargets lists every ClusterIP and port of the lab's Services, in
+// the requested family (all families when none is given).
+func (l *Lab) serviceTargets(req ProbeRequest) []serviceTarget {
+	objs := l.factory.Core().V1().Services().Informer().GetIndexer().List()
+	var out []serviceTarget
+	for _, o := range objs {
+		s := o.(*corev1.Service)
+		for _, ipStr := range s.Spec.ClusterIPs {
+			ip, err := netip.ParseAddr(ipStr)
+			if err != nil || (req.Family == "ipv4" && !ip.Is4()) || (req.Family == "ipv6" && !ip.Is6()) {
+				continue
+			}
+			for _, p := range s.Spec.Ports {
+				proto := string(p.Protocol)
+				if proto == "" {
+					proto = "TCP"
+				}
+				if req.Protocol != "" && req.Protocol != proto || req.Port > 0 && int(p.Port) != req.Port {
+					continue
+				}
+				out = append(out, serviceTarget{name: "svc/" + s.Namespace + "/" + s.Name, proto: proto, dst: netip.AddrPortFrom(ip, uint16(p.Port))})
+			}
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].name != out[j].name {
+			return out[i].name < out[j].name
+		}
+		return out[i].dst.String() < out[j].dst.String()
+	})
 	return out
 }
 

@@ -131,11 +131,20 @@ func parseAnswer(s string) (who, src string) {
 // dial sends one request from inside the namespace at nsPath to dst and
 // returns the answer's first line.
 func dial(ctx context.Context, nsPath string, proto string, dst netip.AddrPort, timeout time.Duration) (string, error) {
+	return Dial(ctx, nsPath, proto, 0, dst, timeout)
+}
+
+// Dial is dial from a chosen source port (0: any). Tests use a fixed port
+// to keep one UDP conntrack entry alive across endpoint changes.
+func Dial(ctx context.Context, nsPath string, proto string, srcPort uint16, dst netip.AddrPort, timeout time.Duration) (string, error) {
 	var answer string
 	err := netns.Do(nsPath, func() error {
 		switch strings.ToUpper(proto) {
 		case "TCP":
 			d := net.Dialer{Timeout: timeout}
+			if srcPort != 0 {
+				d.LocalAddr = &net.TCPAddr{Port: int(srcPort)}
+			}
 			c, err := d.DialContext(ctx, "tcp", dst.String())
 			if err != nil {
 				return err
@@ -149,7 +158,11 @@ func dial(ctx context.Context, nsPath string, proto string, dst netip.AddrPort, 
 			answer = string(b)
 			return nil
 		case "UDP":
-			c, err := net.Dial("udp", dst.String())
+			d := net.Dialer{}
+			if srcPort != 0 {
+				d.LocalAddr = &net.UDPAddr{Port: int(srcPort)}
+			}
+			c, err := d.DialContext(ctx, "udp", dst.String())
 			if err != nil {
 				return err
 			}

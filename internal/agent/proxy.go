@@ -1,0 +1,353 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"reflect"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/podnet/podnet/internal/dataplane/nft"
+	"github.com/podnet/podnet/internal/k8s"
+	"github.com/podnet/podnet/internal/model"
+	"github.com/podnet/podnet/internal/proxy"
+)
+
+// The service proxy is the agent's second loop. Informers feed a change
+// tracker that only records which Services changed (a Service event, or an
+// event on one of its EndpointSlices); the loop renders those Services
+// again and hands the fragments to the nft backend, which applies the
+// difference in one transaction. Every FullSyncPeriod, and after any
+// failure, everything is rendered and rewritten as a safety net.
+
+const sliceServiceIndex = "service"
+
+// svcProxy implements Services on one node.
+type svcProxy struct {
+	a        *Agent
+	backend  *nft.Proxy
+	services cache.SharedIndexInformer
+	slices   cache.SharedIndexInformer
+	trigger  chan struct{}
+	ready    atomic.Bool
+	health   *healthServers
+	ct       *conntrackCleaner
+
+	mu       sync.Mutex
+	dirty    map[string]bool
+	triggers map[string]time.Time // oldest pending EndpointSlice change per Service
+
+	self     *proxy.Self
+	lastFull time.Time
+	// used remembers, per Service, what the conntrack cleaner needs to
+	// compare against after the next render.
+	used map[string]udpUse
+}
+
+func newSvcProxy(a *Agent, backend *nft.Proxy) *svcProxy {
+	return &svcProxy{
+		a: a, backend: backend, trigger: make(chan struct{}, 1),
+		dirty: map[string]bool{}, triggers: map[string]time.Time{}, used: map[string]udpUse{},
+		health: newHealthServers(a.cfg.NetNS, a.cfg.Log),
+		ct:     &conntrackCleaner{h: a.h, log: a.cfg.Log},
+	}
+}
+
+func (p *svcProxy) kick() {
+	select {
+	case p.trigger <- struct{}{}:
+	default:
+	}
+}
+
+func (p *svcProxy) mark(key string, trigger time.Time) {
+	p.mu.Lock()
+	p.dirty[key] = true
+	if !trigger.IsZero() {
+		if t, ok := p.triggers[key]; !ok || trigger.Before(t) {
+			p.triggers[key] = trigger
+		}
+	}
+	p.mu.Unlock()
+	p.kick()
+}
+
+func sliceService(o any) (string, bool) {
+	if d, ok := o.(cache.DeletedFinalStateUnknown); ok {
+		o = d.Obj
+	}
+	es, ok := o.(*discoveryv1.EndpointSlice)
+	if !ok || es.Labels[discoveryv1.LabelServiceName] == "" {
+		return "", false
+	}
+	return es.Namespace + "/" + es.Labels[discoveryv1.LabelServiceName], true
+}
+
+func triggerTime(o any) time.Time {
+	es, ok := o.(*discoveryv1.EndpointSlice)
+	if !ok {
+		return time.Time{}
+	}
+	t, err := time.Parse(time.RFC3339Nano, es.Annotations[corev1.EndpointsLastChangeTriggerTime])
+	if err != nil {
+		return time.Time{}
+	}
+	return t
+}
+
+// start registers the informers; run waits for them.
+func (p *svcProxy) start(ctx context.Context) {
+	f := informers.NewSharedInformerFactory(p.a.cfg.Client, 0)
+	p.services = f.Core().V1().Services().Informer()
+	p.slices = f.Discovery().V1().EndpointSlices().Informer()
+	p.slices.AddIndexers(cache.Indexers{sliceServiceIndex: func(o any) ([]string, error) {
+		if k, ok := sliceService(o); ok {
+			return []string{k}, nil
+		}
+		return nil, nil
+	}})
+	svcKey := func(o any) {
+		if k, err := cache.DeletionHandlingMetaNamespaceKeyFunc(o); err == nil {
+			p.mark(k, time.Time{})
+		}
+	}
+	p.services.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: svcKey,
+		UpdateFunc: func(old, cur any) {
+			o, c := old.(*corev1.Service), cur.(*corev1.Service)
+			if reflect.DeepEqual(o.Spec, c.Spec) && reflect.DeepEqual(o.Status, c.Status) {
+				return // no-op: nothing the proxy reads changed
+			}
+			svcKey(cur)
+		},
+		DeleteFunc: svcKey,
+	})
+	sliceKey := func(o any) {
+		if k, ok := sliceService(o); ok {
+			p.mark(k, triggerTime(o))
+		}
+	}
+	p.slices.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: sliceKey,
+		UpdateFunc: func(old, cur any) {
+			o, c := old.(*discoveryv1.EndpointSlice), cur.(*discoveryv1.EndpointSlice)
+			if reflect.DeepEqual(o.Endpoints, c.Endpoints) && reflect.DeepEqual(o.Ports, c.Ports) && reflect.DeepEqual(o.Labels, c.Labels) {
+				return
+			}
+			sliceKey(cur)
+		},
+		DeleteFunc: sliceKey,
+	})
+	f.Start(ctx.Done())
+}
+
+// run syncs until ctx ends. Requests that arrive during a sync merge into
+// one; minInterval spaces syncs so that a burst of changes (a rollout, or
+// start-up) is applied in few transactions.
+func (p *svcProxy) run(ctx context.Context) {
+	if !cache.WaitForCacheSync(ctx.Done(), p.services.HasSynced, p.slices.HasSynced) {
+		return
+	}
+	defer p.health.closeAll()
+	cfg := p.a.cfg
+	backoff := time.Duration(0)
+	full := time.NewTicker(cfg.ProxyFullSyncPeriod)
+	defer full.Stop()
+	p.kick()
+	for {
+		var retry <-chan time.Time
+		if backoff > 0 {
+			retry = time.After(backoff)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-p.trigger:
+		case <-full.C:
+			p.backend.RequestFull()
+		case <-retry:
+		}
+		if err := p.sync(ctx); err != nil {
+			backoff = min(max(2*backoff, 100*time.Millisecond), 30*time.Second)
+			cfg.Log.Error("service sync failed", "err", err, "retry", backoff)
+			continue
+		}
+		backoff = 0
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(cfg.ProxyMinSyncInterval):
+		}
+	}
+}
+
+// currentSelf describes this node for the renderer, from its Node object.
+func (p *svcProxy) currentSelf() (proxy.Self, error) {
+	cfg := p.a.cfg
+	s := proxy.Self{Name: cfg.NodeName, ClusterCIDRs: cfg.ClusterCIDRs}
+	objs, err := p.a.nodes()
+	if err != nil {
+		return s, err
+	}
+	for _, o := range objs {
+		if o.Name != cfg.NodeName {
+			continue
+		}
+		s.Zone = o.Labels[corev1.LabelTopologyZone]
+		if n, err := k8s.Node(o); err == nil {
+			s.NodeIPs = n.Addrs
+		}
+		return s, nil
+	}
+	return s, errors.New("own Node not in the API yet")
+}
+
+func (p *svcProxy) sync(ctx context.Context) error {
+	m := p.a.metrics
+	self, err := p.currentSelf()
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	dirty, triggers := p.dirty, p.triggers
+	p.dirty, p.triggers = map[string]bool{}, map[string]time.Time{}
+	p.mu.Unlock()
+	t0 := time.Now()
+	// A changed node (its zone, addresses) or a due full sync renders
+	// every Service again: endpoint choice depends on the node.
+	if p.self == nil || !reflect.DeepEqual(*p.self, self) || time.Since(p.lastFull) > p.a.cfg.ProxyFullSyncPeriod {
+		p.backend.RequestFull()
+		for _, k := range p.services.GetIndexer().ListKeys() {
+			dirty[k] = true
+		}
+		for k := range p.used {
+			dirty[k] = true
+		}
+	}
+	changes := map[string]*proxy.Fragment{}
+	nextUse := map[string]udpUse{}
+	for key := range dirty {
+		frag, use, hc := p.render(self, key)
+		changes[key] = frag
+		nextUse[key] = use
+		p.health.set(key, hc)
+	}
+	st, err := p.backend.Sync(ctx, proxy.NewSkeleton(self), changes)
+	if err != nil {
+		// Put the work back: the next attempt is a full sync anyway.
+		p.mu.Lock()
+		for k := range dirty {
+			p.dirty[k] = true
+		}
+		for k, t := range triggers {
+			if old, ok := p.triggers[k]; !ok || t.Before(old) {
+				p.triggers[k] = t
+			}
+		}
+		p.mu.Unlock()
+		m.proxySyncs.WithLabelValues("error").Inc()
+		return err
+	}
+	now := time.Now()
+	m.proxySyncDuration.Observe(now.Sub(t0).Seconds())
+	m.proxySyncs.WithLabelValues("success").Inc()
+	for _, t := range triggers {
+		m.programming.Observe(now.Sub(t).Seconds())
+	}
+	m.proxyChains.Set(float64(st.Chains))
+	m.proxyRules.Set(float64(st.Rules))
+	m.proxyElements.Set(float64(st.Elements))
+	m.proxyServices.Set(float64(len(p.services.GetIndexer().ListKeys())))
+	if st.Full {
+		p.lastFull = now
+		m.proxyFullSyncs.Inc()
+	}
+	p.self = &self
+	// Conntrack entries for UDP go stale once the rules changed: clean up
+	// after the new rules are in, so no new entry can re-form behind us.
+	for key, use := range nextUse {
+		p.ct.cleanup(p.used[key], use)
+		if use.empty() {
+			delete(p.used, key)
+		} else {
+			p.used[key] = use
+		}
+	}
+	if !p.ready.Load() {
+		p.a.cfg.Log.Info("services programmed", "services", len(dirty), "chains", st.Chains, "elements", st.Elements, "took", now.Sub(t0).Round(time.Millisecond))
+	}
+	p.ready.Store(true)
+	return nil
+}
+
+// render computes one Service's fragment (nil: nothing to program), the
+// UDP endpoints and addresses it serves, and its health check.
+func (p *svcProxy) render(self proxy.Self, key string) (*proxy.Fragment, udpUse, healthCheck) {
+	log := p.a.cfg.Log
+	obj, exists, err := p.services.GetIndexer().GetByKey(key)
+	if err != nil || !exists {
+		return nil, udpUse{}, healthCheck{}
+	}
+	svc, err := k8s.Service(obj.(*corev1.Service))
+	if err != nil {
+		if !errors.Is(err, k8s.ErrNotProxied) {
+			log.Warn("skipping service", "service", key, "err", err)
+		}
+		return nil, udpUse{}, healthCheck{}
+	}
+	objs, _ := p.slices.GetIndexer().ByIndex(sliceServiceIndex, key)
+	slices := make([]*discoveryv1.EndpointSlice, 0, len(objs))
+	for _, o := range objs {
+		slices = append(slices, o.(*discoveryv1.EndpointSlice))
+	}
+	eps, errs := k8s.Endpoints(slices)
+	for _, e := range errs {
+		log.Warn("skipping endpoint", "service", key, "err", e)
+	}
+	frag, info := proxy.Render(self, svc, eps)
+	var hc healthCheck
+	if svc.ExternalLocal && svc.HealthCheckNodePort != 0 {
+		hc = healthCheck{port: svc.HealthCheckNodePort, name: svc.ServiceName, local: info.LocalEndpoints}
+	}
+	return &frag, udpUsage(self, svc, eps), hc
+}
+
+// udpUse is what a Service's UDP ports send to and accept on.
+type udpUse struct {
+	endpoints map[netip.AddrPort]bool
+	// vips are addresses and ports (node ports with an invalid address)
+	// that had endpoints.
+	vips map[netip.AddrPort]bool
+}
+
+func (u udpUse) empty() bool { return len(u.endpoints)+len(u.vips) == 0 }
+
+func udpUsage(self proxy.Self, svc model.Service, eps map[model.PortKey][]model.Endpoint) udpUse {
+	u := udpUse{endpoints: map[netip.AddrPort]bool{}, vips: map[netip.AddrPort]bool{}}
+	for _, sp := range svc.Ports {
+		if sp.Protocol != model.UDP {
+			continue
+		}
+		cluster, local := proxy.Categorize(eps[model.PortKey{ServiceName: svc.ServiceName, Port: sp.Name, Protocol: sp.Protocol}], self)
+		for _, e := range append(cluster, local...) {
+			u.endpoints[netip.AddrPortFrom(e.Addr, e.Port)] = true
+		}
+		if len(cluster)+len(local) == 0 {
+			continue
+		}
+		for _, a := range append(append(append([]netip.Addr{}, svc.ClusterIPs...), svc.ExternalIPs...), svc.LoadBalancerIPs...) {
+			u.vips[netip.AddrPortFrom(a, sp.Port)] = true
+		}
+		if sp.NodePort != 0 {
+			u.vips[netip.AddrPortFrom(netip.Addr{}, sp.NodePort)] = true
+		}
+	}
+	return u
+}
