@@ -189,6 +189,10 @@ func runAgent(c agentConfig) error {
 	if err != nil {
 		return fmt.Errorf("kubernetes client config: %w", err)
 	}
+	// Protobuf decodes several times faster than JSON, which matters when
+	// the first list holds tens of thousands of Services and slices.
+	rc.ContentType = "application/vnd.kubernetes.protobuf"
+	rc.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
 	client, err := kubernetes.NewForConfig(rc)
 	if err != nil {
 		return err

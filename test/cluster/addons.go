@@ -27,7 +27,14 @@ func (c *Cluster) installAddons(ctx context.Context) error {
 		return err
 	}
 	// podnet, the production way.
-	if out, err := c.kubectl("apply", "-f", c.DeployDir); err != nil {
+	deploy := c.DeployDir
+	if c.Proxy == "podnet" {
+		var err error
+		if deploy, err = c.podnetAsProxy(); err != nil {
+			return err
+		}
+	}
+	if out, err := c.kubectl("apply", "-f", deploy); err != nil {
 		return fmt.Errorf("install podnet: %v\n%s", err, out)
 	}
 	if err := c.waitFor(ctx, 120*time.Second, "nodes Ready (podnet installed its CNI config)", func() (bool, string) {
@@ -55,6 +62,35 @@ func (c *Cluster) installAddons(ctx context.Context) error {
 		}
 		return ready >= c.Nodes+2, out
 	})
+}
+
+// podnetAsProxy prepares deploy/ as an operator replacing kube-proxy
+// would: proxy: true in the ConfigMap, and the apiserver's real address
+// for the agent, which cannot reach the kubernetes Service's ClusterIP
+// before it has programmed it (the podnet-apiserver ConfigMap the
+// DaemonSet reads its KUBERNETES_SERVICE_HOST/PORT from).
+func (c *Cluster) podnetAsProxy() (string, error) {
+	dir := filepath.Join(c.Dir, "deploy-podnet-proxy")
+	os.MkdirAll(dir, 0o755)
+	entries, err := os.ReadDir(c.DeployDir)
+	if err != nil {
+		return "", err
+	}
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join(c.DeployDir, e.Name()))
+		if err != nil {
+			return "", err
+		}
+		s := string(b)
+		if strings.Contains(s, "kind: ConfigMap") && strings.Contains(s, "proxy: false") {
+			s = strings.Replace(s, "proxy: false", "proxy: true", 1)
+		}
+		if err := os.WriteFile(filepath.Join(dir, e.Name()), []byte(s), 0o644); err != nil {
+			return "", err
+		}
+	}
+	cm := fmt.Sprintf("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: podnet-apiserver, namespace: kube-system}\ndata: {KUBERNETES_SERVICE_HOST: %q, KUBERNETES_SERVICE_PORT: \"6443\"}\n", c.apiIP)
+	return dir, os.WriteFile(filepath.Join(dir, "05-apiserver.yaml"), []byte(cm), 0o644)
 }
 
 func (c *Cluster) waitFor(ctx context.Context, limit time.Duration, what string, cond func() (bool, string)) error {

@@ -44,6 +44,8 @@ type Cluster struct {
 	Dir  string
 	topo *lab.Topology
 	st   state
+	// apiIP is the apiserver's address (node1's).
+	apiIP string
 }
 
 // Prefix starts the name of every namespace of the cluster called name.
@@ -84,6 +86,7 @@ func Up(ctx context.Context, cfg Config) (*Cluster, error) {
 	}
 	c.topo = topo
 	apiIP := topo.Nodes[0].Addrs[0].Addr().String()
+	c.apiIP = apiIP
 	var names []string
 	for _, n := range topo.Nodes {
 		names = append(names, n.Name)

@@ -30,6 +30,30 @@ type E2EResult struct {
 	Duration                time.Duration
 	Failures                []string
 	Junit                   string
+	// Groups counts the specs that ran, by group (the words between
+	// "[sig-network]" and "should"), with their summed durations.
+	Groups map[string]*GroupResult
+}
+
+// GroupResult is one group's share of a run.
+type GroupResult struct {
+	Passed, Failed int
+	Duration       time.Duration
+}
+
+// specGroup names the group of a spec: "[sig-network] Services should
+// serve ..." is in "Services".
+func specGroup(name string) string {
+	_, rest, ok := strings.Cut(name, "[sig-network] ")
+	if !ok {
+		return "other"
+	}
+	for _, sep := range []string{" should ", " when ", " [", " - "} {
+		if i := strings.Index(rest, sep); i > 0 {
+			rest = rest[:i]
+		}
+	}
+	return strings.TrimSpace(rest)
 }
 
 // RunE2E runs the upstream e2e.test with ginkgo from node1's namespace.
@@ -63,6 +87,7 @@ func (c *Cluster) RunE2E(ctx context.Context, focus, skip string, procs int, rep
 type junitSuite struct {
 	Cases []struct {
 		Name    string    `xml:"name,attr"`
+		Time    float64   `xml:"time,attr"`
 		Skipped *struct{} `xml:"skipped"`
 		Failure *struct{} `xml:"failure"`
 		Error   *struct{} `xml:"error"`
@@ -84,16 +109,28 @@ func parseJunit(path string, res *E2EResult) error {
 		}
 		s.Suites = []junitSuite{one}
 	}
+	if res.Groups == nil {
+		res.Groups = map[string]*GroupResult{}
+	}
 	for _, su := range s.Suites {
 		for _, tc := range su.Cases {
-			switch {
-			case tc.Skipped != nil:
+			if tc.Skipped != nil {
 				res.Skipped++
-			case tc.Failure != nil || tc.Error != nil:
+				continue
+			}
+			g := res.Groups[specGroup(tc.Name)]
+			if g == nil {
+				g = &GroupResult{}
+				res.Groups[specGroup(tc.Name)] = g
+			}
+			g.Duration += time.Duration(tc.Time * float64(time.Second))
+			if tc.Failure != nil || tc.Error != nil {
 				res.Failed++
+				g.Failed++
 				res.Failures = append(res.Failures, tc.Name)
-			default:
+			} else {
 				res.Passed++
+				g.Passed++
 			}
 		}
 	}
@@ -105,7 +142,19 @@ func parseJunit(path string, res *E2EResult) error {
 func (r E2EResult) Summary(title, command string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "## %s\n\n`%s`\n\n", title, command)
-	fmt.Fprintf(&b, "%d passed, %d failed, %d skipped in %s. Junit: `%s`.\n", r.Passed, r.Failed, r.Skipped, r.Duration.Round(time.Second), r.Junit)
+	fmt.Fprintf(&b, "%d passed, %d failed, %d skipped in %s (the skipped are outside the selection). Junit: `%s` (under the cluster's state directory).\n", r.Passed, r.Failed, r.Skipped, r.Duration.Round(time.Second), r.Junit)
+	if len(r.Groups) > 0 {
+		var names []string
+		for n := range r.Groups {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		fmt.Fprintln(&b, "\n| group | passed | failed | spec time (summed) |\n|---|---|---|---|")
+		for _, n := range names {
+			g := r.Groups[n]
+			fmt.Fprintf(&b, "| %s | %d | %d | %s |\n", n, g.Passed, g.Failed, g.Duration.Round(time.Second))
+		}
+	}
 	if len(r.Failures) > 0 {
 		fmt.Fprintln(&b, "\nFailed:")
 		for _, f := range r.Failures {

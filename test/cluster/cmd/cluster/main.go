@@ -10,6 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -50,8 +51,8 @@ func main() {
 			os.Exit(1)
 		}
 	case "e2e":
-		if *proxy == "podnet" || *policy == "podnet" {
-			fmt.Fprintln(os.Stderr, "cluster e2e: podnet does not proxy services or enforce policy yet (issues 5 and 6)")
+		if *policy == "podnet" {
+			fmt.Fprintln(os.Stderr, "cluster e2e: podnet does not enforce policy yet (issue 6)")
 			os.Exit(2)
 		}
 		cluster.Down(*name)
@@ -77,10 +78,13 @@ func main() {
 			fmt.Fprintln(os.Stderr, "e2e:", err)
 			done(1)
 		}
-		cmdline := fmt.Sprintf("make e2e-%s", *selection)
-		fmt.Print(res.Summary(fmt.Sprintf("%s selection, %d nodes, proxy %s, policy %s (%s)", *selection, *nodes, *proxy, *policy, time.Now().UTC().Format("2006-01-02")), cmdline))
+		cmdline := fmt.Sprintf("go run ./test/cluster/cmd/cluster e2e --selection %s --nodes %d --procs %d --proxy %s --policy %s", *selection, *nodes, *procs, *proxy, *policy)
+		commit, _ := exec.Command("git", "rev-parse", "--short", "HEAD").Output()
+		title := fmt.Sprintf("%s selection, %d nodes, proxy %s, policy %s (%s, commit %s)", *selection, *nodes, *proxy, *policy, time.Now().UTC().Format("2006-01-02 15:04 UTC"), strings.TrimSpace(string(commit)))
+		summary := res.Summary(title, cmdline) + "\nExcluded everywhere (`" + cluster.SkipAlways + "`): Serial, Disruptive, Slow and Flaky specs, feature-gated specs (`Feature:`), SCTP (this kernel has no SCTP sockets) and LoadBalancer specs (they need a cloud provider).\n"
+		fmt.Print(summary)
 		fmt.Printf("%d passed, %d failed, %d skipped\n", res.Passed, res.Failed, res.Skipped)
-		if err := appendResults(*results, res.Summary(fmt.Sprintf("%s selection, %d nodes, proxy %s, policy %s (%s)", *selection, *nodes, *proxy, *policy, time.Now().UTC().Format("2006-01-02")), cmdline)); err != nil {
+		if err := appendResults(*results, summary); err != nil {
 			fmt.Fprintln(os.Stderr, "results:", err)
 		}
 		if res.Failed > 0 {
