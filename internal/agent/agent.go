@@ -137,6 +137,10 @@ func (a *Agent) Ready() bool {
 	return a.ready.Load() && (a.proxy == nil || a.proxy.ready.Load())
 }
 
+// ServicesIdle reports whether the service proxy has applied every
+// change it has seen (true when the proxy is off).
+func (a *Agent) ServicesIdle() bool { return a.proxy == nil || a.proxy.idle() }
+
 // Routes exposes the route backend, for inspection.
 func (a *Agent) Routes() *link.Routes { return a.routes }
 

@@ -41,6 +41,7 @@ type svcProxy struct {
 	ct       *conntrackCleaner
 
 	mu       sync.Mutex
+	syncing  bool
 	dirty    map[string]bool
 	triggers map[string]time.Time // oldest pending EndpointSlice change per Service
 
@@ -188,6 +189,13 @@ func (p *svcProxy) run(ctx context.Context) {
 	}
 }
 
+// idle reports whether every change seen so far is in the kernel.
+func (p *svcProxy) idle() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.ready.Load() && !p.syncing && len(p.dirty) == 0
+}
+
 // currentSelf describes this node for the renderer, from its Node object.
 func (p *svcProxy) currentSelf() (proxy.Self, error) {
 	cfg := p.a.cfg
@@ -218,7 +226,13 @@ func (p *svcProxy) sync(ctx context.Context) error {
 	p.mu.Lock()
 	dirty, triggers := p.dirty, p.triggers
 	p.dirty, p.triggers = map[string]bool{}, map[string]time.Time{}
+	p.syncing = true
 	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		p.syncing = false
+		p.mu.Unlock()
+	}()
 	t0 := time.Now()
 	// A changed node (its zone, addresses) or a due full sync renders
 	// every Service again: endpoint choice depends on the node.

@@ -82,5 +82,25 @@ func demo(name string, o *upOptions, keep bool) (err error) {
 		return fmt.Errorf("%d connections failed", failed)
 	}
 	fmt.Println("every pod reached every other pod, on the same node and across nodes")
+
+	fmt.Println("\n==> podnet lab get services -o wide")
+	if err := printGet(name, "services", "wide", os.Stdout); err != nil {
+		return err
+	}
+	fmt.Println("\n==> podnet lab probe --to-services --from-nodes (every pod and node → every ClusterIP, through podnet's service proxy)")
+	res, err = probe(name, lab.ProbeRequest{ToServices: true, FromNodes: true})
+	if err != nil {
+		return err
+	}
+	printServiceProbe(os.Stdout, res)
+	for _, r := range res {
+		if !r.Connected {
+			failed++
+		}
+	}
+	if failed > 0 {
+		return fmt.Errorf("%d service connections failed", failed)
+	}
+	fmt.Println("every pod and every node reached every Service; ANSWERED BY shows the load balancing")
 	return nil
 }

@@ -87,9 +87,61 @@ func (l *Lab) Apply(ctx context.Context, objs []runtime.Object, wait bool) ([]st
 		done = append(done, what)
 	}
 	if wait {
-		return done, l.waitPods(ctx, pods, true)
+		if err := l.waitPods(ctx, pods, true); err != nil {
+			return done, err
+		}
+		return done, l.waitServices(ctx, pods, objs)
 	}
 	return done, nil
+}
+
+// waitServices returns once every node's service proxy has programmed
+// what the applied objects changed: the pods' readiness is in the
+// informer, the EndpointSlices are written, and every agent's proxy has
+// no change pending. Without it a probe right after apply could race the
+// proxies by a few hundred milliseconds.
+func (l *Lab) waitServices(ctx context.Context, pods []string, objs []runtime.Object) error {
+	deadline := time.Now().Add(15 * time.Second)
+	indexer := l.factory.Core().V1().Pods().Informer().GetIndexer()
+	for _, k := range pods {
+		for {
+			obj, ok, _ := indexer.GetByKey(k)
+			if !ok || podReady(obj.(*corev1.Pod)) {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("pod %s not ready in the API after 15s", k)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	namespaces := map[string]bool{}
+	for _, o := range objs {
+		if m, ok := o.(metav1.Object); ok && m.GetNamespace() != "" {
+			namespaces[m.GetNamespace()] = true
+		}
+	}
+	for ns := range namespaces {
+		if err := l.syncEndpoints(ctx, ns); err != nil {
+			return err
+		}
+	}
+	// Give the writes time to reach the agents' informers, then wait for
+	// every proxy to be idle.
+	time.Sleep(200 * time.Millisecond)
+	for _, n := range l.nodes {
+		for !n.agent.ServicesIdle() {
+			if time.Now().After(deadline) {
+				return fmt.Errorf("node %s: services not programmed after 15s (see %s)", n.name, LogPath(l.opt.Name))
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+	}
+	return nil
 }
 
 func (l *Lab) applyNamespace(ctx context.Context, n *corev1.Namespace) error {
