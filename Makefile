@@ -40,8 +40,16 @@ bench: build
 # CoreDNS, podnet installed from deploy/) and the upstream sig-network e2e
 # suite. cluster-build compiles the Kubernetes binaries, e2e.test, ginkgo,
 # agnhost and CoreDNS (minutes the first time) and packs the test images.
+# Debian packages the cluster needs: containerd and runc on every node, and
+# the tools packed into the test images (test/cluster/images).
+CLUSTER_PACKAGES := containerd runc bash dash bind9-dnsutils bind9-host netcat-openbsd curl wget socat iperf \
+	iproute2 iputils-ping libc-bin nginx nftables conntrack iptables ipset gawk mawk procps grep sed findutils hostname
+
 cluster-build: deps
-	@command -v containerd >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq containerd runc >/dev/null)
+	@missing=""; for p in $(CLUSTER_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
 	bash test/kas/build.sh all
 	$(GO) build -o bin/ ./cmd/podnet github.com/containernetworking/plugins/plugins/main/loopback github.com/containernetworking/plugins/plugins/meta/portmap
 	$(GO) run ./test/cluster/images/cmd/mkimages -out bin/images -agnhost bin/agnhost -coredns bin/coredns -podnet bin/podnet
