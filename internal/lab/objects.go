@@ -11,6 +11,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -39,9 +40,9 @@ func Decode(data []byte) ([]runtime.Object, error) {
 			return nil, fmt.Errorf("document %d: %w", i, err)
 		}
 		switch obj.(type) {
-		case *corev1.Namespace, *corev1.Pod, *corev1.Service, *networkingv1.NetworkPolicy:
+		case *corev1.Namespace, *corev1.Pod, *corev1.Service, *networkingv1.NetworkPolicy, *discoveryv1.EndpointSlice:
 		default:
-			return nil, fmt.Errorf("document %d: kind %s is not supported by the lab (Namespace, Pod, Service, NetworkPolicy)", i, gvk.Kind)
+			return nil, fmt.Errorf("document %d: kind %s is not supported by the lab (Namespace, Pod, Service, EndpointSlice, NetworkPolicy)", i, gvk.Kind)
 		}
 		out = append(out, obj)
 	}
@@ -80,6 +81,10 @@ func (l *Lab) Apply(ctx context.Context, objs []runtime.Object, wait bool) ([]st
 			nsDefault(&x.ObjectMeta)
 			what = "networkpolicy/" + x.Namespace + "/" + x.Name
 			err = l.applyPolicy(ctx, x)
+		case *discoveryv1.EndpointSlice:
+			nsDefault(&x.ObjectMeta)
+			what = "endpointslice/" + x.Namespace + "/" + x.Name
+			err = l.applySlice(ctx, x)
 		}
 		if err != nil {
 			return done, fmt.Errorf("%s: %w", what, err)
@@ -325,6 +330,10 @@ func (l *Lab) Delete(ctx context.Context, objs []runtime.Object) ([]string, erro
 			nsDefault(&x.ObjectMeta)
 			what = "networkpolicy/" + x.Namespace + "/" + x.Name
 			err = l.client.NetworkingV1().NetworkPolicies(x.Namespace).Delete(ctx, x.Name, metav1.DeleteOptions{})
+		case *discoveryv1.EndpointSlice:
+			nsDefault(&x.ObjectMeta)
+			what = "endpointslice/" + x.Namespace + "/" + x.Name
+			err = l.client.DiscoveryV1().EndpointSlices(x.Namespace).Delete(ctx, x.Name, metav1.DeleteOptions{})
 		}
 		if err != nil && !apierrors.IsNotFound(err) {
 			return done, fmt.Errorf("%s: %w", what, err)
@@ -332,6 +341,27 @@ func (l *Lab) Delete(ctx context.Context, objs []runtime.Object) ([]string, erro
 		done = append(done, what)
 	}
 	return done, l.waitPods(ctx, pods, false)
+}
+
+// applySlice creates or updates a hand-made EndpointSlice, as for a
+// Service without a selector. The lab's controller leaves such slices
+// alone: it manages only its own (managed-by podnet-lab).
+func (l *Lab) applySlice(ctx context.Context, es *discoveryv1.EndpointSlice) error {
+	if es.Labels[discoveryv1.LabelManagedBy] == managedBy {
+		return fmt.Errorf("the lab's controller owns slices labelled %s=%s", discoveryv1.LabelManagedBy, managedBy)
+	}
+	api := l.client.DiscoveryV1().EndpointSlices(es.Namespace)
+	old, err := api.Get(ctx, es.Name, metav1.GetOptions{})
+	if err == nil {
+		es.ResourceVersion = old.ResourceVersion
+		_, err = api.Update(ctx, es, metav1.UpdateOptions{})
+		return err
+	}
+	if !apierrors.IsNotFound(err) {
+		return err
+	}
+	_, err = api.Create(ctx, es, metav1.CreateOptions{})
+	return err
 }
 
 // waitPods waits until each named pod has (running) or has no (!running)

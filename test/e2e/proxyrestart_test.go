@@ -112,7 +112,8 @@ func TestProxyRestartKeepsConnections(t *testing.T) {
 	port, proto, ready := int32(8080), corev1.ProtocolTCP, true
 	nodeName, portName := "solo", "tcp"
 	if _, err := c.DiscoveryV1().EndpointSlices("default").Create(ctx, &discoveryv1.EndpointSlice{
-		ObjectMeta:  metav1.ObjectMeta{Name: "echo-1", Labels: map[string]string{discoveryv1.LabelServiceName: "echo"}},
+		ObjectMeta: metav1.ObjectMeta{Name: "echo-1", Labels: map[string]string{discoveryv1.LabelServiceName: "echo"},
+			Annotations: map[string]string{corev1.EndpointsLastChangeTriggerTime: time.Now().UTC().Format(time.RFC3339Nano)}},
 		AddressType: discoveryv1.AddressTypeIPv4,
 		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"10.0.2.2"}, Conditions: discoveryv1.EndpointConditions{Ready: &ready}, NodeName: &nodeName}},
 		Ports:       []discoveryv1.EndpointPort{{Name: &portName, Port: &port, Protocol: &proto}},
@@ -143,6 +144,14 @@ func TestProxyRestartKeepsConnections(t *testing.T) {
 	}
 	agentProc := start()
 	waitReady()
+	// The proxy's metrics mean what kube-proxy's do.
+	metrics := scrape(t, "http://"+health+"/metrics")
+	for _, m := range []string{"podnet_proxy_sync_proxy_rules_duration_seconds_count", "podnet_proxy_network_programming_duration_seconds_count 1",
+		"podnet_proxy_full_syncs_total 1", "podnet_proxy_services 2", "podnet_proxy_nftables_elements"} {
+		if !strings.Contains(metrics, m) {
+			t.Errorf("metrics lack %q", m)
+		}
+	}
 
 	dialVIP := func() (net.Conn, error) {
 		var conn net.Conn
