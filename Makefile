@@ -54,11 +54,14 @@ cluster-build: deps
 	$(GO) build -o bin/ ./cmd/podnet github.com/containernetworking/plugins/plugins/main/loopback github.com/containernetworking/plugins/plugins/meta/portmap
 	$(GO) run ./test/cluster/images/cmd/mkimages -out bin/images -agnhost bin/agnhost -coredns bin/coredns -podnet bin/podnet
 
+# PROXY=podnet runs the cluster without kube-proxy, podnet proxying Services.
+PROXY ?= kube-proxy
+
 e2e-smoke: cluster-build
-	$(GO) run ./test/cluster/cmd/cluster e2e --selection smoke
+	$(GO) run ./test/cluster/cmd/cluster e2e --selection smoke --proxy $(PROXY)
 
 e2e-full: cluster-build
-	$(GO) run ./test/cluster/cmd/cluster e2e --selection full --procs 4
+	$(GO) run ./test/cluster/cmd/cluster e2e --selection full --procs 4 --nodes 3 --proxy $(PROXY)
 
 cluster-down:
 	$(GO) run ./test/cluster/cmd/cluster down

@@ -21,23 +21,29 @@ type conntrackCleaner struct {
 	log *slog.Logger
 }
 
-// udpFlows matches UDP flows by the reply's source (a DNATed endpoint) or
-// the original destination (a Service address; an invalid address
-// matches any destination on that port, for node ports).
+// udpFlows matches one Service's stale UDP flows: those to one of its
+// addresses (vips) answered by an endpoint it no longer uses (goneEPs),
+// and any to an address it newly serves (newVIPs), which were made while
+// it had no endpoint. An invalid address in a vip set stands for any
+// destination on that port (node ports). Flows of other Services to the
+// same endpoint are left alone.
 type udpFlows struct {
-	replySrc map[netip.AddrPort]bool
-	origDst  map[netip.AddrPort]bool
+	goneEPs, vips, newVIPs map[netip.AddrPort]bool
+}
+
+func inSet(set map[netip.AddrPort]bool, dst netip.AddrPort) bool {
+	return set[dst] || set[netip.AddrPortFrom(netip.Addr{}, dst.Port())]
 }
 
 func (f udpFlows) MatchConntrackFlow(fl *netlink.ConntrackFlow) bool {
 	if fl.Forward.Protocol != unix.IPPROTO_UDP {
 		return false
 	}
-	if f.replySrc[addrPort(fl.Reverse.SrcIP, fl.Reverse.SrcPort)] {
+	dst := addrPort(fl.Forward.DstIP, fl.Forward.DstPort)
+	if f.goneEPs[addrPort(fl.Reverse.SrcIP, fl.Reverse.SrcPort)] && inSet(f.vips, dst) {
 		return true
 	}
-	dst := addrPort(fl.Forward.DstIP, fl.Forward.DstPort)
-	return f.origDst[dst] || f.origDst[netip.AddrPortFrom(netip.Addr{}, dst.Port())]
+	return inSet(f.newVIPs, dst)
 }
 
 func addrPort(ip net.IP, port uint16) netip.AddrPort {
@@ -47,18 +53,18 @@ func addrPort(ip net.IP, port uint16) netip.AddrPort {
 
 // cleanup compares one Service's UDP use before and after a sync.
 func (c *conntrackCleaner) cleanup(before, after udpUse) {
-	f := udpFlows{replySrc: map[netip.AddrPort]bool{}, origDst: map[netip.AddrPort]bool{}}
+	f := udpFlows{goneEPs: map[netip.AddrPort]bool{}, vips: before.vips, newVIPs: map[netip.AddrPort]bool{}}
 	for ep := range before.endpoints {
 		if !after.endpoints[ep] {
-			f.replySrc[ep] = true
+			f.goneEPs[ep] = true
 		}
 	}
 	for vip := range after.vips {
 		if !before.vips[vip] {
-			f.origDst[vip] = true
+			f.newVIPs[vip] = true
 		}
 	}
-	if len(f.replySrc)+len(f.origDst) == 0 {
+	if len(f.goneEPs)+len(f.newVIPs) == 0 {
 		return
 	}
 	for _, fam := range []netlink.InetFamily{unix.AF_INET, unix.AF_INET6} {
