@@ -11,12 +11,14 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/podnet/podnet/internal/dataplane/nft"
 	"github.com/podnet/podnet/internal/k8s"
 	"github.com/podnet/podnet/internal/model"
+	"github.com/podnet/podnet/internal/netns"
 	"github.com/podnet/podnet/internal/proxy"
 )
 
@@ -28,6 +30,10 @@ import (
 // failure, everything is rendered and rewritten as a safety net.
 
 const sliceServiceIndex = "service"
+
+// proxyNameLabel names the proxy that should implement a Service; podnet
+// implements only Services without it, like the default kube-proxy.
+const proxyNameLabel = "service.kubernetes.io/service-proxy-name"
 
 // svcProxy implements Services on one node.
 type svcProxy struct {
@@ -105,7 +111,12 @@ func triggerTime(o any) time.Time {
 
 // start registers the informers; run waits for them.
 func (p *svcProxy) start(ctx context.Context) {
-	f := informers.NewSharedInformerFactory(p.a.cfg.Client, 0)
+	// As kube-proxy does, leave alone Services another proxy claims
+	// (service.kubernetes.io/service-proxy-name) and headless ones; the
+	// EndpointSlice controller copies these labels onto the slices.
+	sel := "!" + proxyNameLabel + ",!" + corev1.IsHeadlessService
+	f := informers.NewSharedInformerFactoryWithOptions(p.a.cfg.Client, 0,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = sel }))
 	p.services = f.Core().V1().Services().Informer()
 	p.slices = f.Discovery().V1().EndpointSlices().Informer()
 	p.slices.AddIndexers(cache.Indexers{sliceServiceIndex: func(o any) ([]string, error) {
@@ -158,6 +169,7 @@ func (p *svcProxy) run(ctx context.Context) {
 	}
 	defer p.health.closeAll()
 	cfg := p.a.cfg
+	p.conntrackTimeouts()
 	backoff := time.Duration(0)
 	full := time.NewTicker(cfg.ProxyFullSyncPeriod)
 	defer full.Stop()
@@ -185,6 +197,21 @@ func (p *svcProxy) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-time.After(cfg.ProxyMinSyncInterval):
+		}
+	}
+}
+
+// conntrackTimeouts sets the node's TCP conntrack timeouts as kube-proxy
+// does by default: established entries live a day (not the kernel's five),
+// and CLOSE_WAIT ones an hour, so that a half-closed connection through a
+// Service is not forgotten while one side still writes.
+func (p *svcProxy) conntrackTimeouts() {
+	for key, v := range map[string]string{
+		"net/netfilter/nf_conntrack_tcp_timeout_established": "86400",
+		"net/netfilter/nf_conntrack_tcp_timeout_close_wait":  "3600",
+	} {
+		if err := netns.Sysctl(p.a.cfg.NetNS, key, v); err != nil {
+			p.a.cfg.Log.Warn("conntrack timeout", "sysctl", key, "err", err)
 		}
 	}
 }

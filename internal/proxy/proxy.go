@@ -180,7 +180,10 @@ func NewSkeleton(self Self) Skeleton {
 		"masquerade fully-random",
 	)
 	sk.Chains = append(sk.Chains, services)
-	var filterFwd []string
+	// Packets conntrack finds invalid (out of window, for instance) are
+	// dropped rather than forwarded: DNATed traffic among them would
+	// reach endpoints un-NATed and draw resets that kill the connection.
+	filterFwd := []string{"ct state invalid drop"}
 	for _, f := range families {
 		filterFwd = append(filterFwd, fmt.Sprintf("ct state new %s daddr . meta l4proto . th dport vmap @no-endpoints%s", f.ip, f.v))
 	}
