@@ -52,7 +52,7 @@ cluster-build: deps
 	fi
 	bash test/kas/build.sh all
 	$(GO) build -o bin/ ./cmd/podnet github.com/containernetworking/plugins/plugins/main/loopback github.com/containernetworking/plugins/plugins/meta/portmap
-	$(GO) run ./test/cluster/images/cmd/mkimages -out bin/images -agnhost bin/agnhost -coredns bin/coredns -podnet bin/podnet
+	$(GO) run ./test/cluster/images/cmd/mkimages -out bin/images -agnhost bin/agnhost -coredns bin/coredns -podnet bin/podnet -regression-issue-74839 bin/regression-issue-74839
 
 # PROXY=podnet runs the cluster without kube-proxy, podnet proxying Services.
 PROXY ?= kube-proxy

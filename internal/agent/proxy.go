@@ -119,6 +119,16 @@ func (p *svcProxy) start(ctx context.Context) {
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = sel }))
 	p.services = f.Core().V1().Services().Informer()
 	p.slices = f.Discovery().V1().EndpointSlices().Informer()
+	// Managed fields are a large share of each cached object and the
+	// proxy never reads them.
+	strip := func(o any) (any, error) {
+		if m, ok := o.(metav1.Object); ok {
+			m.SetManagedFields(nil)
+		}
+		return o, nil
+	}
+	p.services.SetTransform(strip)
+	p.slices.SetTransform(strip)
 	p.slices.AddIndexers(cache.Indexers{sliceServiceIndex: func(o any) ([]string, error) {
 		if k, ok := sliceService(o); ok {
 			return []string{k}, nil

@@ -48,6 +48,15 @@ build_ginkgo() {
 
 build_agnhost() {
 	CGO_ENABLED=0 go build -buildvcs=false -o "$bin/agnhost" k8s.io/kubernetes/test/images/agnhost
+	# The porter's TLS ports serve this pair, which the image carries in /.
+	mkdir -p "$bin/agnhost-porter"
+	cp -f "$(go list -m -f '{{.Dir}}' k8s.io/kubernetes)"/test/images/agnhost/porter/localhost.{crt,key} "$bin/agnhost-porter/"
+	chmod 0644 "$bin"/agnhost-porter/*
+}
+
+# The boom server of the "invalid conntrack state" spec.
+build_regression() {
+	CGO_ENABLED=0 go build -buildvcs=false -o "$bin/regression-issue-74839" k8s.io/kubernetes/test/images/regression-issue-74839
 }
 
 build_coredns() {
@@ -58,10 +67,10 @@ build_coredns() {
 targets=
 for target; do
 	case $target in
-	all) targets="$targets kubectl e2e ginkgo agnhost coredns" ;;
-	kas | kubectl | e2e | ginkgo | agnhost | coredns) targets="$targets $target" ;;
+	all) targets="$targets kubectl e2e ginkgo agnhost regression coredns" ;;
+	kas | kubectl | e2e | ginkgo | agnhost | regression | coredns) targets="$targets $target" ;;
 	*)
-		echo "build.sh: unknown target $target (want: all kas kubectl e2e ginkgo agnhost coredns)" >&2
+		echo "build.sh: unknown target $target (want: all kas kubectl e2e ginkgo agnhost regression coredns)" >&2
 		exit 2
 		;;
 	esac

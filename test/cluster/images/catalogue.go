@@ -162,6 +162,15 @@ func Catalogue(b Binaries) ([]Image, error) {
 				if err := r.AddSymlink("/agnhost-2", "agnhost"); err != nil {
 					return nil, err
 				}
+				// The porter's TLS certificate and key, which build.sh puts
+				// beside the binary; the Proxy specs dial its TLS ports.
+				for _, f := range []string{"localhost.crt", "localhost.key"} {
+					if host := filepath.Join(b.Agnhost+"-porter", f); fileExists(host) {
+						if err := r.AddFile("/"+f, host, 0o644); err != nil {
+							return nil, err
+						}
+					}
+				}
 				if b.CoreDNS != "" {
 					if err := r.AddBinary("/coredns", b.CoreDNS, 0o755); err != nil {
 						return nil, err
@@ -455,4 +464,9 @@ func addIptables(r *RootFS) ([]string, error) {
 		}
 	}
 	return missing, nil
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }

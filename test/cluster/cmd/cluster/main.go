@@ -30,7 +30,9 @@ func main() {
 	images := fs.String("images", "bin/images", "directory with the OCI image archives")
 	proxy := fs.String("proxy", "kube-proxy", "service proxy: kube-proxy or podnet")
 	policy := fs.String("policy", "none", "network policy: none or podnet")
-	selection := fs.String("selection", "smoke", "e2e selection: smoke or full")
+	selection := fs.String("selection", "smoke", "e2e selection: smoke, services or full")
+	focusFlag := fs.String("focus", "", "a ginkgo focus regexp instead of the selection (re-running chosen specs; results are not recorded)")
+	reports := fs.String("reports", "/var/lib/podnet-cluster-reports", "where the junit and the suite's log are kept (outside the cluster's state, which is removed)")
 	procs := fs.Int("procs", 4, "parallel ginkgo processes")
 	keep := fs.Bool("keep", false, "e2e: leave the cluster up afterwards")
 	results := fs.String("results", "test/e2e/RESULTS.md", "where e2e writes its summary")
@@ -70,10 +72,17 @@ func main() {
 			done(1)
 		}
 		focus := cluster.FocusSmoke
-		if *selection == "full" {
+		switch *selection {
+		case "full":
 			focus = cluster.FocusFull
+		case "services":
+			focus = cluster.FocusServices
 		}
-		res, err := c.RunE2E(ctx, focus, cluster.SkipAlways, *procs, abs(filepath.Join(c.Dir, "report")))
+		if *focusFlag != "" {
+			focus = *focusFlag
+		}
+		reportDir := filepath.Join(*reports, fmt.Sprintf("%s-%s-%s", *name, *selection, time.Now().UTC().Format("20060102-150405")))
+		res, err := c.RunE2E(ctx, focus, cluster.Skip(), *procs, reportDir)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "e2e:", err)
 			done(1)
@@ -82,8 +91,19 @@ func main() {
 		commit, _ := exec.Command("git", "rev-parse", "--short", "HEAD").Output()
 		title := fmt.Sprintf("%s selection, %d nodes, proxy %s, policy %s (%s, commit %s)", *selection, *nodes, *proxy, *policy, time.Now().UTC().Format("2006-01-02 15:04 UTC"), strings.TrimSpace(string(commit)))
 		summary := res.Summary(title, cmdline) + "\nExcluded everywhere (`" + cluster.SkipAlways + "`): Serial, Disruptive, Slow and Flaky specs, feature-gated specs (`Feature:`), SCTP (this kernel has no SCTP sockets) and LoadBalancer specs (they need a cloud provider).\n"
+		for _, e := range cluster.Excluded {
+			summary += fmt.Sprintf("Also excluded: `%s`: %s.\n", e.Pattern, e.Reason)
+		}
 		fmt.Print(summary)
 		fmt.Printf("%d passed, %d failed, %d skipped\n", res.Passed, res.Failed, res.Skipped)
+		fmt.Printf("junit and the suite's log: %s\n", reportDir)
+		if *focusFlag != "" {
+			// A re-run of chosen specs is not a selection's result.
+			if res.Failed > 0 {
+				done(1)
+			}
+			done(0)
+		}
 		if err := appendResults(*results, summary); err != nil {
 			fmt.Fprintln(os.Stderr, "results:", err)
 		}
