@@ -189,7 +189,9 @@ func (r *renderer) balance(f family, id string, proto model.Protocol, eps []mode
 	for _, e := range eps {
 		ap := netip.AddrPortFrom(e.Addr, e.Port).String()
 		eid := chainID(ap)[:6]
-		set := fmt.Sprintf("aff%s-%s-%s", f.v, id, eid)
+		// The timeout is part of the name: a set's timeout cannot be
+		// changed in place, so a new timeout makes a new set.
+		set := fmt.Sprintf("aff%s-%s-%s-%d", f.v, id, eid, int(r.svc.Affinity.Seconds()))
 		ch := chainName("aep", f, id+"-"+eid, ap)
 		if !r.sets[set] {
 			r.sets[set] = true
