@@ -11,9 +11,10 @@ import (
 
 // Info is what a Service's rendering tells the agent besides rules.
 type Info struct {
-	// LocalEndpoints counts the distinct endpoints on this node that
-	// external traffic may use: the figure a health check node port
-	// reports to load balancers.
+	// LocalEndpoints counts the distinct ready endpoints on this node:
+	// the figure a health check node port reports to load balancers.
+	// Terminating endpoints still serve traffic that reaches the node,
+	// but they do not count, so load balancers drain the node.
 	LocalEndpoints int
 	// Endpoints counts the endpoints in use, over all ports and families.
 	Endpoints int
@@ -40,7 +41,9 @@ func Render(self Self, s model.Service, eps map[model.PortKey][]model.Endpoint) 
 			cluster, local := Categorize(all, self)
 			r.port(f, cip, ext, p, cluster, local, len(all) > 0 && hasUsable(all))
 			for _, e := range local {
-				localSeen[e.Addr] = true
+				if e.Ready {
+					localSeen[e.Addr] = true
+				}
 			}
 			r.info.Endpoints += len(cluster)
 		}

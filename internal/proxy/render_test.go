@@ -159,6 +159,21 @@ func TestExternalTrafficPolicy(t *testing.T) {
 	}
 }
 
+func TestHealthCheckCountsOnlyReadyLocalEndpoints(t *testing.T) {
+	s := svc("hc", func(s *model.Service) {
+		s.Ports[0].NodePort = 30080
+		s.ExternalLocal = true
+		s.HealthCheckNodePort = 30500
+	})
+	term := model.Endpoint{Addr: netip.MustParseAddr("10.244.1.9"), Port: 80, Serving: true, Terminating: true, NodeName: "n1"}
+	f, info := Render(self, s, map[model.PortKey][]model.Endpoint{key(s, "http"): {term}})
+	if info.LocalEndpoints != 0 {
+		t.Errorf("only a terminating local endpoint counted as %d, want 0 (the node must fail its health check)", info.LocalEndpoints)
+	}
+	// It still serves what reaches the node.
+	has(t, dump(f), "dnat ip to 10.244.1.9:80")
+}
+
 func TestInternalTrafficPolicyLocal(t *testing.T) {
 	s := svc("itp", func(s *model.Service) { s.InternalLocal = true })
 	eps := map[model.PortKey][]model.Endpoint{key(s, "http"): {ep("10.244.2.5", 80, "n2")}}
