@@ -107,6 +107,14 @@ func main() {
 		if err := appendResults(*results, summary); err != nil {
 			fmt.Fprintln(os.Stderr, "results:", err)
 		}
+		// The junit of the specs that ran (skipped ones left out: they are
+		// thousands) goes beside RESULTS.md, one file per selection and proxy.
+		if res.Junit != "" {
+			out := filepath.Join(filepath.Dir(*results), "junit", fmt.Sprintf("%s-%s.xml", *selection, *proxy))
+			if err := cluster.WriteRanJunit(res.Junit, out); err != nil {
+				fmt.Fprintln(os.Stderr, "junit:", err)
+			}
+		}
 		if res.Failed > 0 {
 			done(1)
 		}
