@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/netip"
 	"reflect"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -56,12 +57,17 @@ type svcProxy struct {
 	// used remembers, per Service, what the conntrack cleaner needs to
 	// compare against after the next render.
 	used map[string]udpUse
+	// slots places each Service port's endpoints in the shared maps;
+	// slotsOf remembers which slots each Service held at its last render.
+	slots   *proxy.Slots
+	slotsOf map[string][]string
 }
 
 func newSvcProxy(a *Agent, backend *nft.Proxy) *svcProxy {
 	return &svcProxy{
 		a: a, backend: backend, trigger: make(chan struct{}, 1),
 		dirty: map[string]bool{}, triggers: map[string]time.Time{}, used: map[string]udpUse{},
+		slots: proxy.NewSlots(), slotsOf: map[string][]string{},
 		health: newHealthServers(a.cfg.NetNS, a.cfg.Log),
 		ct:     &conntrackCleaner{h: a.h, log: a.cfg.Log},
 	}
@@ -321,6 +327,24 @@ func (p *svcProxy) sync(ctx context.Context) error {
 		m.proxyFullSyncs.Inc()
 	}
 	p.self = &self
+	// Slots the new rules no longer use are free for reuse, now that the
+	// elements in them are gone from the kernel.
+	for key, f := range changes {
+		var now []string
+		if f != nil {
+			now = f.Slots
+		}
+		for _, id := range p.slotsOf[key] {
+			if !slices.Contains(now, id) {
+				p.slots.Release(id)
+			}
+		}
+		if len(now) == 0 {
+			delete(p.slotsOf, key)
+		} else {
+			p.slotsOf[key] = now
+		}
+	}
 	// Conntrack entries for UDP go stale once the rules changed: clean up
 	// after the new rules are in, so no new entry can re-form behind us.
 	for key, use := range nextUse {
@@ -362,7 +386,7 @@ func (p *svcProxy) render(self proxy.Self, key string) (*proxy.Fragment, udpUse,
 	for _, e := range errs {
 		log.Warn("skipping endpoint", "service", key, "err", e)
 	}
-	frag, info := proxy.Render(self, svc, eps)
+	frag, info := proxy.Render(self, svc, eps, p.slots)
 	var hc healthCheck
 	if svc.ExternalLocal && svc.HealthCheckNodePort != 0 {
 		hc = healthCheck{port: svc.HealthCheckNodePort, name: svc.ServiceName, local: info.LocalEndpoints}

@@ -65,14 +65,16 @@ type Chain struct {
 // Set declares a set or map.
 type Set struct {
 	Name string
-	// Type is the nft type, with " : verdict" for verdict maps.
+	// Type is the nft type, with " : verdict" for verdict maps; TypeOf,
+	// when set, declares the type by expressions instead.
 	Type    string
+	TypeOf  string
 	Flags   []string
 	Timeout time.Duration
 }
 
 // IsMap reports whether the set is a map.
-func (s Set) IsMap() bool { return strings.Contains(s.Type, " : ") }
+func (s Set) IsMap() bool { return strings.Contains(s.Type+s.TypeOf, " : ") }
 
 // Element is one element of a set or map. Value is empty for sets.
 type Element struct {
@@ -89,6 +91,8 @@ type Fragment struct {
 	Chains   []Chain
 	Sets     []Set
 	Elements []Element
+	// Slots are the ids of the endpoints-map slots the fragment uses.
+	Slots []string
 }
 
 // BaseChain is one of the skeleton's hooked chains.
@@ -139,6 +143,20 @@ func NewSkeleton(self Self) Skeleton {
 			Set{Name: "nodeport-ips" + f.v, Type: f.addr},
 			Set{Name: "cluster-ips" + f.v, Type: f.addr},
 			Set{Name: "hairpin" + f.v, Type: f.addr + " . " + f.addr},
+		)
+		// Every Service's endpoints, keyed by the Service port's slot
+		// offset plus the endpoint's index: shared maps (one per family
+		// and protocol, as nft types the port by protocol), so that no
+		// Service needs a set of its own: the kernel finds sets by walking
+		// a list, which makes adding thousands of them slow.
+		// The maps are sharded too: the kernel's cost of adding an
+		// element grows with the number of rules that use its map.
+		for _, proto := range []string{"tcp", "udp", "sctp"} {
+			for shard := range EndpointShards {
+				sk.Sets = append(sk.Sets, Set{Name: endpointsMap(f, proto, shard), TypeOf: "numgen random mod 1 : " + f.ip + " daddr . " + proto + " dport"})
+			}
+		}
+		sk.Sets = append(sk.Sets,
 			Set{Name: "services" + f.v, Type: f.addr + " . inet_proto . inet_service : verdict"},
 			Set{Name: "nodeports" + f.v, Type: "inet_proto . inet_service : verdict"},
 			Set{Name: "no-endpoints" + f.v, Type: f.addr + " . inet_proto . inet_service : verdict"},
@@ -196,6 +214,13 @@ func NewSkeleton(self Self) Skeleton {
 		{Chain: Chain{Name: "filter-output", Rules: filterOut}, Type: "filter", Hook: "output", Priority: "filter - 10"},
 	}
 	return sk
+}
+
+// EndpointShards is the number of endpoints maps per family and protocol.
+const EndpointShards = 64
+
+func endpointsMap(f family, proto string, shard int) string {
+	return fmt.Sprintf("endpoints%s-%s-%02d", f.v, proto, shard)
 }
 
 var b32 = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)

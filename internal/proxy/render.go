@@ -22,9 +22,11 @@ type Info struct {
 
 // Render computes the fragment of one Service on the node self. eps holds
 // the endpoints of every Service port (both families mixed, as the
-// EndpointSlices of a dual-stack Service give them).
-func Render(self Self, s model.Service, eps map[model.PortKey][]model.Endpoint) (Fragment, Info) {
-	r := renderer{self: self, svc: s, chains: map[string]bool{}, sets: map[string]bool{}}
+// EndpointSlices of a dual-stack Service give them). slots gives the
+// Service's ports their blocks in the shared endpoints maps; the fragment
+// lists the slot ids it uses, for the caller to release when they go.
+func Render(self Self, s model.Service, eps map[model.PortKey][]model.Endpoint, slots *Slots) (Fragment, Info) {
+	r := renderer{self: self, svc: s, chains: map[string]bool{}, sets: map[string]bool{}, elems: map[string]bool{}, slots: slots}
 	localSeen := map[netip.Addr]bool{}
 	for _, cip := range s.ClusterIPs {
 		f := familyOf(cip)
@@ -71,14 +73,16 @@ type renderer struct {
 	info   Info
 	chains map[string]bool
 	sets   map[string]bool
+	elems  map[string]bool
+	slots  *Slots
 }
 
 func (r *renderer) elem(set string, key, value []string) {
-	for _, e := range r.frag.Elements {
-		if e.Set == set && slices.Equal(e.Key, key) {
-			return
-		}
+	k := set + " " + strings.Join(key, " . ")
+	if r.elems[k] {
+		return
 	}
+	r.elems[k] = true
 	r.frag.Elements = append(r.frag.Elements, Element{Set: set, Key: key, Value: value})
 }
 
@@ -108,8 +112,14 @@ func (r *renderer) port(f family, cip netip.Addr, ext []netip.Addr, p model.Serv
 	locChain := chainName("loc", f, id, human)
 	extChain := chainName("ext", f, id, human)
 	proto, port := string(p.Protocol), fmt.Sprint(p.Port)
-	useSvc := func() string { r.chain(svcChain, r.balance(f, id, p.Protocol, cluster)); return "goto " + svcChain }
-	useLoc := func() string { r.chain(locChain, r.balance(f, id, p.Protocol, local)); return "goto " + locChain }
+	useSvc := func() string {
+		r.chain(svcChain, r.balance(f, svcChain, id, p.Protocol, cluster))
+		return "goto " + svcChain
+	}
+	useLoc := func() string {
+		r.chain(locChain, r.balance(f, locChain, id, p.Protocol, local))
+		return "goto " + locChain
+	}
 	reject := []string{"goto reject-chain"}
 
 	// The ClusterIP.
@@ -181,12 +191,26 @@ func (r *renderer) port(f family, cip netip.Addr, ext []netip.Addr, p model.Serv
 // With affinity each endpoint gets a chain that records the client in a
 // dynamic set with the affinity timeout, and the balancer first sends
 // clients found in one of those sets back to the same endpoint.
-func (r *renderer) balance(f family, id string, proto model.Protocol, eps []model.Endpoint) []string {
+func (r *renderer) balance(f family, chain, id string, proto model.Protocol, eps []model.Endpoint) []string {
 	if len(eps) == 0 {
 		return []string{"drop"}
 	}
 	if r.svc.Affinity == 0 {
-		return []string{dnat(f, proto, eps)}
+		if len(eps) == 1 {
+			return []string{dnat(f, proto, eps)}
+		}
+		if len(eps) > SlotSize {
+			eps = eps[:SlotSize]
+		}
+		// One numgen draw, offset into this chain's slot of the shared
+		// endpoints map.
+		base := r.slots.Get(chain)
+		r.frag.Slots = append(r.frag.Slots, chain)
+		m := endpointsMap(f, string(proto), int(base/SlotSize)%EndpointShards)
+		for i, e := range eps {
+			r.elem(m, []string{fmt.Sprint(base + uint32(i))}, []string{e.Addr.String(), fmt.Sprint(e.Port)})
+		}
+		return []string{fmt.Sprintf("meta l4proto %s dnat %s to numgen random mod %d offset %d map @%s", proto, f.ip, len(eps), base, m)}
 	}
 	var rules, targets []string
 	for _, e := range eps {
@@ -219,13 +243,7 @@ func (r *renderer) balance(f family, id string, proto model.Protocol, eps []mode
 	return append(rules, fmt.Sprintf("numgen random mod %d vmap { %s }", len(targets), strings.Join(m, " , ")))
 }
 
+// dnat sends to the one endpoint of eps.
 func dnat(f family, proto model.Protocol, eps []model.Endpoint) string {
-	if len(eps) == 1 {
-		return fmt.Sprintf("meta l4proto %s dnat %s to %s", proto, f.ip, netip.AddrPortFrom(eps[0].Addr, eps[0].Port))
-	}
-	m := make([]string, len(eps))
-	for i, e := range eps {
-		m[i] = fmt.Sprintf("%d : %s . %d", i, e.Addr, e.Port)
-	}
-	return fmt.Sprintf("meta l4proto %s dnat %s to numgen random mod %d map { %s }", proto, f.ip, len(eps), strings.Join(m, ", "))
+	return fmt.Sprintf("meta l4proto %s dnat %s to %s", proto, f.ip, netip.AddrPortFrom(eps[0].Addr, eps[0].Port))
 }

@@ -79,13 +79,15 @@ func TestClusterIPBalancesOverReadyEndpoints(t *testing.T) {
 	f, info := Render(self, s, map[model.PortKey][]model.Endpoint{key(s, "http"): {
 		ep("10.244.1.5", 8080, "n1"), ep("10.244.2.5", 8080, "n2"),
 		{Addr: netip.MustParseAddr("10.244.3.5"), Port: 8080, NodeName: "n3"}, // not ready
-	}})
+	}}, NewSlots())
 	d := dump(f)
 	has(t, d,
 		"element cluster-ips4 10.96.0.10\n",
 		"element services4 10.96.0.10 . tcp . 80 : goto svc4-",
 		"element hairpin4 10.244.1.5 . 10.244.1.5\n",
-		"default/web/http meta l4proto tcp dnat ip to numgen random mod 2 map { 0 : 10.244.1.5 . 8080, 1 : 10.244.2.5 . 8080 }",
+		"default/web/http meta l4proto tcp dnat ip to numgen random mod 2 offset 0 map @endpoints4-tcp-00",
+		"element endpoints4-tcp-00 0 : 10.244.1.5 8080\n",
+		"element endpoints4-tcp-00 1 : 10.244.2.5 8080\n",
 	)
 	hasNot(t, d, "10.244.3.5", "no-endpoints")
 	if info.Endpoints != 2 || info.LocalEndpoints != 1 {
@@ -104,7 +106,7 @@ func TestNoEndpointsRejects(t *testing.T) {
 }
 
 func mustRender(s model.Service, eps map[model.PortKey][]model.Endpoint) Fragment {
-	f, _ := Render(self, s, eps)
+	f, _ := Render(self, s, eps, NewSlots())
 	return f
 }
 
@@ -148,7 +150,7 @@ func TestExternalTrafficPolicy(t *testing.T) {
 	// A node with no local endpoint drops external traffic.
 	other := self
 	other.Name = "n9"
-	f, info := Render(other, local, eps(local))
+	f, info := Render(other, local, eps(local), NewSlots())
 	d = dump(f)
 	has(t, d, "rule ext4-")
 	if !strings.Contains(d, "default/np/http drop\n") {
@@ -166,7 +168,7 @@ func TestHealthCheckCountsOnlyReadyLocalEndpoints(t *testing.T) {
 		s.HealthCheckNodePort = 30500
 	})
 	term := model.Endpoint{Addr: netip.MustParseAddr("10.244.1.9"), Port: 80, Serving: true, Terminating: true, NodeName: "n1"}
-	f, info := Render(self, s, map[model.PortKey][]model.Endpoint{key(s, "http"): {term}})
+	f, info := Render(self, s, map[model.PortKey][]model.Endpoint{key(s, "http"): {term}}, NewSlots())
 	if info.LocalEndpoints != 0 {
 		t.Errorf("only a terminating local endpoint counted as %d, want 0 (the node must fail its health check)", info.LocalEndpoints)
 	}

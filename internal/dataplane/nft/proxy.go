@@ -461,9 +461,9 @@ func (p *Proxy) addSet(tx *knftables.Transaction, s proxy.Set) {
 		timeout = knftables.PtrTo(s.Timeout)
 	}
 	if s.IsMap() {
-		tx.Add(&knftables.Map{Name: s.Name, Type: s.Type, Flags: flags, Timeout: timeout})
+		tx.Add(&knftables.Map{Name: s.Name, Type: s.Type, TypeOf: s.TypeOf, Flags: flags, Timeout: timeout})
 	} else {
-		tx.Add(&knftables.Set{Name: s.Name, Type: s.Type, Flags: flags, Timeout: timeout})
+		tx.Add(&knftables.Set{Name: s.Name, Type: s.Type, TypeOf: s.TypeOf, Flags: flags, Timeout: timeout})
 	}
 }
 

@@ -25,7 +25,7 @@ func TestProxyKernelAcceptsEverySync(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := &world{rng: rand.New(rand.NewPCG(5, 6)), svcs: map[string]model.Service{}, eps: map[string]map[model.PortKey][]model.Endpoint{}}
+	w := &world{slots: proxy.NewSlots(), rng: rand.New(rand.NewPCG(5, 6)), svcs: map[string]model.Service{}, eps: map[string]map[model.PortKey][]model.Endpoint{}}
 	sk := proxy.NewSkeleton(testSelf)
 	for step := range 30 {
 		var changed []string

@@ -24,9 +24,12 @@ var testSelf = proxy.Self{
 
 // world is a random set of Services for the diff tests.
 type world struct {
-	rng  *rand.Rand
-	svcs map[string]model.Service
-	eps  map[string]map[model.PortKey][]model.Endpoint
+	// slots is shared by every render of the world, so a fresh full sync
+	// and the step-by-step one agree on where endpoints go.
+	slots *proxy.Slots
+	rng   *rand.Rand
+	svcs  map[string]model.Service
+	eps   map[string]map[model.PortKey][]model.Endpoint
 }
 
 func (w *world) randomService(i int) (model.Service, map[model.PortKey][]model.Endpoint) {
@@ -77,7 +80,7 @@ func fragments(w *world, keys []string) map[string]*proxy.Fragment {
 			out[k] = nil
 			continue
 		}
-		f, _ := proxy.Render(testSelf, s, w.eps[k])
+		f, _ := proxy.Render(testSelf, s, w.eps[k], w.slots)
 		out[k] = &f
 	}
 	return out
@@ -88,7 +91,7 @@ func fragments(w *world, keys []string) map[string]*proxy.Fragment {
 // what one full sync of the same Services produces on an empty table.
 func TestIncrementalEqualsFull(t *testing.T) {
 	ctx := context.Background()
-	w := &world{rng: rand.New(rand.NewPCG(1, 2)), svcs: map[string]model.Service{}, eps: map[string]map[model.PortKey][]model.Endpoint{}}
+	w := &world{slots: proxy.NewSlots(), rng: rand.New(rand.NewPCG(1, 2)), svcs: map[string]model.Service{}, eps: map[string]map[model.PortKey][]model.Endpoint{}}
 	fake := knftables.NewFake(knftables.InetFamily, proxy.Table)
 	p := NewProxyWith(fake)
 	sk := proxy.NewSkeleton(testSelf)
@@ -132,7 +135,7 @@ func TestIncrementalEqualsFull(t *testing.T) {
 func TestFullSyncRemovesStaleObjects(t *testing.T) {
 	ctx := context.Background()
 	fake := knftables.NewFake(knftables.InetFamily, proxy.Table)
-	w := &world{rng: rand.New(rand.NewPCG(3, 4)), svcs: map[string]model.Service{}, eps: map[string]map[model.PortKey][]model.Endpoint{}}
+	w := &world{slots: proxy.NewSlots(), rng: rand.New(rand.NewPCG(3, 4)), svcs: map[string]model.Service{}, eps: map[string]map[model.PortKey][]model.Endpoint{}}
 	sk := proxy.NewSkeleton(testSelf)
 	var keys []string
 	for i := range 10 {
