@@ -89,6 +89,7 @@ func BenchmarkProxy(b *testing.B) {
 				}
 				if res.latency != "" {
 					latency += res.latency
+					b.Logf("latency: %s", res.latency)
 				}
 				b.Logf("%d services, %s run %d: sync %s, peak %.0f MiB, add %s", n, p, r, res.sync.Round(time.Millisecond), res.peakMiB, res.add.Round(time.Millisecond))
 			}
@@ -422,6 +423,12 @@ func (pb *proxyBench) run(proxy, mode, tag string, addOne, latency bool) proxyRe
 	defer func() { cmd.Process.Kill(); cmd.Wait() }()
 	for !synced() {
 		if time.Since(t0) > 10*time.Minute {
+			if mode == "iptables" {
+				// The O(n) reference may simply be too slow here: say so
+				// in the results instead of failing the whole run.
+				b.Logf("kube-proxy iptables did not sync in 10 minutes; log in %s", logf.Name())
+				return proxyResult{latency: fmt.Sprintf("| kube-proxy (iptables) | did not finish its first sync of %d Services in 10 minutes | | | | |\n", latencyAt(pb.sizes))}
+			}
 			b.Fatalf("%s %s did not sync in 10 minutes; log in %s", proxy, tag, logf.Name())
 		}
 		time.Sleep(10 * time.Millisecond)
