@@ -144,6 +144,11 @@ func (a *Agent) ServicesIdle() bool { return a.proxy == nil || a.proxy.idle() }
 // Routes exposes the route backend, for inspection.
 func (a *Agent) Routes() *link.Routes { return a.routes }
 
+// nextBackoff doubles a retry delay, from 100ms up to 30s.
+func nextBackoff(d time.Duration) time.Duration {
+	return min(max(2*d, 100*time.Millisecond), 30*time.Second)
+}
+
 // kick asks for a sync. Requests merge: the channel holds at most one.
 func (a *Agent) kick() {
 	select {
@@ -206,7 +211,7 @@ func (a *Agent) loop(ctx context.Context) {
 		a.metrics.syncDuration.Observe(time.Since(t0).Seconds())
 		if err != nil {
 			a.metrics.syncs.WithLabelValues("error").Inc()
-			backoff = min(max(2*backoff, 100*time.Millisecond), 30*time.Second)
+			backoff = nextBackoff(backoff)
 			a.cfg.Log.Error("sync failed", "err", err, "retry", backoff)
 			continue
 		}

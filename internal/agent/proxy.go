@@ -204,7 +204,7 @@ func (p *svcProxy) run(ctx context.Context) {
 		case <-retry:
 		}
 		if err := p.sync(ctx); err != nil {
-			backoff = min(max(2*backoff, 100*time.Millisecond), 30*time.Second)
+			backoff = nextBackoff(backoff)
 			cfg.Log.Error("service sync failed", "err", err, "retry", backoff)
 			continue
 		}

@@ -2,7 +2,6 @@ package nft
 
 import (
 	"context"
-	"fmt"
 	"math/rand/v2"
 	"os/exec"
 	"strings"
@@ -28,17 +27,7 @@ func TestProxyKernelAcceptsEverySync(t *testing.T) {
 	w := &world{slots: proxy.NewSlots(), rng: rand.New(rand.NewPCG(5, 6)), svcs: map[string]model.Service{}, eps: map[string]map[model.PortKey][]model.Endpoint{}}
 	sk := proxy.NewSkeleton(testSelf)
 	for step := range 30 {
-		var changed []string
-		for range 1 + w.rng.IntN(6) {
-			i := w.rng.IntN(25)
-			k := fmt.Sprintf("ns/s%d", i)
-			if _, ok := w.svcs[k]; ok && w.rng.IntN(3) == 0 {
-				delete(w.svcs, k)
-			} else {
-				w.svcs[k], w.eps[k] = w.randomService(i)
-			}
-			changed = append(changed, k)
-		}
+		changed := w.step()
 		if _, err := p.Sync(ctx, sk, fragments(w, changed)); err != nil {
 			t.Fatalf("step %d: %v", step, err)
 		}

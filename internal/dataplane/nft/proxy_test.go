@@ -72,6 +72,24 @@ func (w *world) randomService(i int) (model.Service, map[model.PortKey][]model.E
 	return s, eps
 }
 
+// step adds, changes or deletes a few random Services and returns their
+// keys.
+func (w *world) step() []string {
+	var changed []string
+	for range 1 + w.rng.IntN(6) {
+		i := w.rng.IntN(25)
+		k := fmt.Sprintf("ns/s%d", i)
+		if _, ok := w.svcs[k]; ok && w.rng.IntN(3) == 0 {
+			delete(w.svcs, k)
+			delete(w.eps, k)
+		} else {
+			w.svcs[k], w.eps[k] = w.randomService(i)
+		}
+		changed = append(changed, k)
+	}
+	return changed
+}
+
 func fragments(w *world, keys []string) map[string]*proxy.Fragment {
 	out := map[string]*proxy.Fragment{}
 	for _, k := range keys {
@@ -96,18 +114,7 @@ func TestIncrementalEqualsFull(t *testing.T) {
 	p := NewProxyWith(fake)
 	sk := proxy.NewSkeleton(testSelf)
 	for step := range 60 {
-		var changed []string
-		for range 1 + w.rng.IntN(6) {
-			i := w.rng.IntN(25)
-			k := fmt.Sprintf("ns/s%d", i)
-			if _, ok := w.svcs[k]; ok && w.rng.IntN(3) == 0 {
-				delete(w.svcs, k)
-				delete(w.eps, k)
-			} else {
-				w.svcs[k], w.eps[k] = w.randomService(i)
-			}
-			changed = append(changed, k)
-		}
+		changed := w.step()
 		st, err := p.Sync(ctx, sk, fragments(w, changed))
 		if err != nil {
 			t.Fatalf("step %d: %v", step, err)
