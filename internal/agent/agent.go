@@ -144,11 +144,6 @@ func (a *Agent) ServicesIdle() bool { return a.proxy == nil || a.proxy.idle() }
 // Routes exposes the route backend, for inspection.
 func (a *Agent) Routes() *link.Routes { return a.routes }
 
-// nextBackoff doubles a retry delay, from 100ms up to 30s.
-func nextBackoff(d time.Duration) time.Duration {
-	return min(max(2*d, 100*time.Millisecond), 30*time.Second)
-}
-
 // kick asks for a sync. Requests merge: the channel holds at most one.
 func (a *Agent) kick() {
 	select {
@@ -189,40 +184,27 @@ func (a *Agent) Run(ctx context.Context) error {
 // from the informer cache and makes the kernel match it. Failures retry
 // with exponential back-off; a periodic resync is the safety net.
 func (a *Agent) loop(ctx context.Context) {
-	backoff := time.Duration(0)
-	resync := time.NewTicker(a.cfg.ResyncPeriod)
-	defer resync.Stop()
 	a.kick()
-	for {
-		var retry <-chan time.Time
-		if backoff > 0 {
-			retry = time.After(backoff)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-a.trigger:
-		case <-resync.C:
-			a.releaseOrphanBlocks(ctx)
-		case <-retry:
-		}
-		t0 := time.Now()
-		err := a.sync()
-		a.metrics.syncDuration.Observe(time.Since(t0).Seconds())
-		if err != nil {
-			a.metrics.syncs.WithLabelValues("error").Inc()
-			backoff = nextBackoff(backoff)
-			a.cfg.Log.Error("sync failed", "err", err, "retry", backoff)
-			continue
-		}
-		a.metrics.syncs.WithLabelValues("success").Inc()
-		// Ready once a full sync has been applied with the node's own pod
-		// ranges known (so the conflist exists).
-		if a.configured {
-			a.ready.Store(true)
-		}
-		backoff = 0
-	}
+	syncLoop{
+		name: "routing", trigger: a.trigger, period: a.cfg.ResyncPeriod, log: a.cfg.Log,
+		onPeriod: func() { a.releaseOrphanBlocks(ctx) },
+		sync: func() error {
+			t0 := time.Now()
+			err := a.sync()
+			a.metrics.syncDuration.Observe(time.Since(t0).Seconds())
+			if err != nil {
+				a.metrics.syncs.WithLabelValues("error").Inc()
+				return err
+			}
+			a.metrics.syncs.WithLabelValues("success").Inc()
+			// Ready once a full sync has been applied with the node's own
+			// pod ranges known (so the conflist exists).
+			if a.configured {
+				a.ready.Store(true)
+			}
+			return nil
+		},
+	}.run(ctx)
 }
 
 func (a *Agent) sync() error {

@@ -186,35 +186,13 @@ func (p *svcProxy) run(ctx context.Context) {
 	defer p.health.closeAll()
 	cfg := p.a.cfg
 	p.conntrackTimeouts()
-	backoff := time.Duration(0)
-	full := time.NewTicker(cfg.ProxyFullSyncPeriod)
-	defer full.Stop()
 	p.kick()
-	for {
-		var retry <-chan time.Time
-		if backoff > 0 {
-			retry = time.After(backoff)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-p.trigger:
-		case <-full.C:
-			p.backend.RequestFull()
-		case <-retry:
-		}
-		if err := p.sync(ctx); err != nil {
-			backoff = nextBackoff(backoff)
-			cfg.Log.Error("service sync failed", "err", err, "retry", backoff)
-			continue
-		}
-		backoff = 0
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(cfg.ProxyMinSyncInterval):
-		}
-	}
+	syncLoop{
+		name: "service", trigger: p.trigger, period: cfg.ProxyFullSyncPeriod, log: cfg.Log,
+		onPeriod:    p.backend.RequestFull,
+		sync:        func() error { return p.sync(ctx) },
+		minInterval: cfg.ProxyMinSyncInterval,
+	}.run(ctx)
 }
 
 // conntrackTimeouts sets the node's TCP conntrack timeouts as kube-proxy
