@@ -3,9 +3,9 @@ GO ?= go
 # Debian packages the tests and benchmarks use: iptables for the portmap
 # chaining test, iperf3 for throughput benchmarks, iproute2 and ping for
 # poking around a lab.
-DEB_PACKAGES := iproute2 iptables nftables iperf3 iputils-ping
+DEB_PACKAGES := iproute2 iptables nftables iperf3 iputils-ping chromium
 
-.PHONY: build test deps lint demo bench kas cluster-build e2e-smoke e2e-full cluster-down
+.PHONY: build test deps lint demo bench kas cluster-build e2e-smoke e2e-netpol e2e-connectivity e2e-full cluster-down
 
 build:
 	$(GO) build -o podnet ./cmd/podnet
@@ -59,6 +59,18 @@ PROXY ?= kube-proxy
 
 e2e-smoke: cluster-build
 	$(GO) run ./test/cluster/cmd/cluster e2e --selection smoke --proxy $(PROXY)
+
+# The upstream NetworkPolicy suite with podnet enforcing it (POLICY=none
+# runs it without enforcement, to see the specs fail).
+POLICY ?= podnet
+
+e2e-netpol: cluster-build
+	$(GO) run ./test/cluster/cmd/cluster e2e --selection netpol --procs 4 --nodes 3 --proxy $(PROXY) --policy $(POLICY)
+
+# podnet connectivity test against a real 2-node cluster (podnet as CNI,
+# proxy and policy).
+e2e-connectivity: cluster-build
+	$(GO) run ./test/cluster/cmd/cluster connectivity --nodes 2 --proxy podnet --policy podnet
 
 e2e-full: cluster-build
 	$(GO) run ./test/cluster/cmd/cluster e2e --selection full --procs 4 --nodes 3 --proxy $(PROXY)

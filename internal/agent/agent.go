@@ -21,6 +21,7 @@ import (
 
 	"github.com/podnet/podnet/internal/dataplane/link"
 	"github.com/podnet/podnet/internal/dataplane/nft"
+	"github.com/podnet/podnet/internal/flow"
 	"github.com/podnet/podnet/internal/k8s"
 	"github.com/podnet/podnet/internal/model"
 	"github.com/podnet/podnet/internal/netns"
@@ -43,6 +44,9 @@ type Config struct {
 	ClusterCIDRs []netip.Prefix
 	ServiceCIDRs []netip.Prefix
 	CNIConfDir   string
+	// CNIBinDir, when the agent installs the plugin there, lets doctor
+	// check the installed binary is the agent's own.
+	CNIBinDir string
 	// CNIDataDir is the allocation store's directory, written into the
 	// conflist.
 	CNIDataDir string
@@ -57,6 +61,16 @@ type Config struct {
 	// ProxyFullSyncPeriod is the safety-net full rewrite (default 5m).
 	ProxyMinSyncInterval time.Duration
 	ProxyFullSyncPeriod  time.Duration
+	// Policy turns on NetworkPolicy enforcement. Dropped packets are
+	// logged to nflog group NflogGroup (default 100), where the agent
+	// reads them to count and explain drops.
+	Policy     bool
+	NflogGroup int
+	// FlowLog, when set, is a file flows are appended to as JSON lines,
+	// rotated at FlowLogMaxBytes keeping FlowLogKeep old files.
+	FlowLog         string
+	FlowLogMaxBytes int64
+	FlowLogKeep     int
 	// Allocator, when set, claims pod ranges for this node if the cluster
 	// assigns none.
 	Allocator *BlockAllocator
@@ -71,6 +85,10 @@ type Agent struct {
 	overlay *link.Overlay
 	masq    *nft.Masq
 	proxy   *svcProxy
+	policy  *netPolicy
+	names   *names
+	flows   *flow.Ring
+	flowLog *flow.Exporter
 	trigger chan struct{}
 	ready   atomic.Bool
 	nodes   func() ([]*corev1.Node, error)
@@ -107,6 +125,9 @@ func New(cfg Config) (*Agent, error) {
 			return nil, err
 		}
 	}
+	if (cfg.Proxy || cfg.Policy) && a.cfg.NflogGroup == 0 {
+		a.cfg.NflogGroup = 100
+	}
 	if cfg.Proxy {
 		if a.cfg.ProxyMinSyncInterval == 0 {
 			a.cfg.ProxyMinSyncInterval = 50 * time.Millisecond
@@ -121,6 +142,28 @@ func New(cfg Config) (*Agent, error) {
 		}
 		a.proxy = newSvcProxy(a, backend)
 	}
+	if cfg.Policy {
+		if a.cfg.ProxyMinSyncInterval == 0 {
+			a.cfg.ProxyMinSyncInterval = 50 * time.Millisecond
+		}
+		if a.cfg.ProxyFullSyncPeriod == 0 {
+			a.cfg.ProxyFullSyncPeriod = 5 * time.Minute
+		}
+		backend, err := nft.NewPolicy(cfg.NetNS, a.cfg.NflogGroup)
+		if err != nil {
+			h.Close()
+			return nil, err
+		}
+		a.policy = newNetPolicy(a, backend)
+	}
+	a.metrics.registry.MustRegister(newStatsCollector(a))
+	a.flows = flow.NewRing(4096)
+	if cfg.FlowLog != "" {
+		a.flowLog = &flow.Exporter{Path: cfg.FlowLog, MaxBytes: cfg.FlowLogMaxBytes, Keep: cfg.FlowLogKeep}
+	}
+	if cfg.Proxy || cfg.Policy {
+		a.names = newNames(a)
+	}
 	return a, nil
 }
 
@@ -134,12 +177,14 @@ func nsPath(p string) string {
 // Ready reports whether the first full sync has been applied, of routes
 // and, with the proxy on, of Services.
 func (a *Agent) Ready() bool {
-	return a.ready.Load() && (a.proxy == nil || a.proxy.ready.Load())
+	return a.ready.Load() && (a.proxy == nil || a.proxy.ready.Load()) && (a.policy == nil || a.policy.ready.Load())
 }
 
-// ServicesIdle reports whether the service proxy has applied every
-// change it has seen (true when the proxy is off).
-func (a *Agent) ServicesIdle() bool { return a.proxy == nil || a.proxy.idle() }
+// Idle reports whether the service proxy and NetworkPolicy have applied
+// every change they have seen (true for those turned off).
+func (a *Agent) Idle() bool {
+	return (a.proxy == nil || a.proxy.idle()) && (a.policy == nil || a.policy.idle())
+}
 
 // Routes exposes the route backend, for inspection.
 func (a *Agent) Routes() *link.Routes { return a.routes }
@@ -176,6 +221,18 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.proxy.start(ctx)
 		go a.proxy.run(ctx)
 	}
+	if a.policy != nil {
+		a.policy.start(ctx)
+		go a.policy.run(ctx)
+	}
+	if a.names != nil {
+		go a.names.pods.Run(ctx.Done())
+		go a.watchNflog(ctx)
+		go a.watchConntrack(ctx)
+	}
+	if a.flowLog != nil {
+		defer a.flowLog.Close()
+	}
 	a.loop(ctx)
 	return nil
 }
@@ -208,33 +265,10 @@ func (a *Agent) loop(ctx context.Context) {
 }
 
 func (a *Agent) sync() error {
-	objs, err := a.nodes()
+	st, self, up, nodes, err := a.desired()
 	if err != nil {
 		return err
 	}
-	var nodes []model.Node
-	var self *model.Node
-	for _, o := range objs {
-		n, err := k8s.Node(o)
-		if err != nil {
-			a.cfg.Log.Warn("skipping node", "err", err)
-			continue
-		}
-		nodes = append(nodes, n)
-		if n.Name == a.cfg.NodeName {
-			self = &nodes[len(nodes)-1]
-		}
-	}
-	if self == nil {
-		return fmt.Errorf("node %s is not in the API yet", a.cfg.NodeName)
-	}
-	up, err := readUplink(a.h, *self)
-	if err != nil {
-		return fmt.Errorf("uplink: %w", err)
-	}
-	vx := a.cfg.VXLAN
-	vx.UplinkMTU = up.mtu
-	st := routing.Desired(routing.Self{Name: a.cfg.NodeName, Local: up.local}, nodes, routing.Config{Mode: a.cfg.Mode, VXLAN: vx})
 	for _, s := range st.Skipped {
 		a.cfg.Log.Warn("peer not routed", "reason", s)
 	}
@@ -253,6 +287,39 @@ func (a *Agent) sync() error {
 		a.configured = true
 	}
 	return nil
+}
+
+// desired computes the routing state this node should have, from the Node
+// objects and the node's uplink.
+func (a *Agent) desired() (routing.State, *model.Node, uplink, []model.Node, error) {
+	objs, err := a.nodes()
+	if err != nil {
+		return routing.State{}, nil, uplink{}, nil, err
+	}
+	var nodes []model.Node
+	var self *model.Node
+	for _, o := range objs {
+		n, err := k8s.Node(o)
+		if err != nil {
+			a.cfg.Log.Warn("skipping node", "err", err)
+			continue
+		}
+		nodes = append(nodes, n)
+		if n.Name == a.cfg.NodeName {
+			self = &nodes[len(nodes)-1]
+		}
+	}
+	if self == nil {
+		return routing.State{}, nil, uplink{}, nil, fmt.Errorf("node %s is not in the API yet", a.cfg.NodeName)
+	}
+	up, err := readUplink(a.h, *self)
+	if err != nil {
+		return routing.State{}, nil, uplink{}, nil, fmt.Errorf("uplink: %w", err)
+	}
+	vx := a.cfg.VXLAN
+	vx.UplinkMTU = up.mtu
+	st := routing.Desired(routing.Self{Name: a.cfg.NodeName, Local: up.local}, nodes, routing.Config{Mode: a.cfg.Mode, VXLAN: vx})
+	return st, self, up, nodes, nil
 }
 
 // apply makes the kernel match st: devices first (routes point at them),

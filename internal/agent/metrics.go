@@ -25,6 +25,15 @@ type metrics struct {
 	proxyRules        prometheus.Gauge
 	proxyElements     prometheus.Gauge
 	proxyServices     prometheus.Gauge
+
+	policySyncDuration prometheus.Histogram
+	policySyncs        *prometheus.CounterVec
+	policyFullSyncs    prometheus.Counter
+	policyChains       prometheus.Gauge
+	policyRules        prometheus.Gauge
+	policyElements     prometheus.Gauge
+	policies           prometheus.Gauge
+	policyDrops        *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -85,6 +94,28 @@ func newMetrics() *metrics {
 	m.proxyElements = prometheus.NewGauge(prometheus.GaugeOpts{Name: "podnet_proxy_nftables_elements", Help: "Set and map elements in the proxy's nftables table."})
 	m.proxyServices = prometheus.NewGauge(prometheus.GaugeOpts{Name: "podnet_proxy_services", Help: "Services known to the proxy."})
 	m.registry.MustRegister(m.proxySyncDuration, m.programming, m.proxySyncs, m.proxyFullSyncs, m.proxyChains, m.proxyRules, m.proxyElements, m.proxyServices)
+	m.policySyncDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "podnet_policy_sync_duration_seconds",
+		Help:    "Time to compile NetworkPolicy for this node and apply the difference to nftables, per sync.",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+	})
+	m.policySyncs = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "podnet_policy_syncs_total",
+		Help: "NetworkPolicy syncs by result (success or error).",
+	}, []string{"result"})
+	m.policyFullSyncs = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "podnet_policy_full_syncs_total",
+		Help: "NetworkPolicy syncs that rewrote the whole table (start, after a failure, periodic).",
+	})
+	m.policyChains = prometheus.NewGauge(prometheus.GaugeOpts{Name: "podnet_policy_nftables_chains", Help: "Chains in the policy's nftables table."})
+	m.policyRules = prometheus.NewGauge(prometheus.GaugeOpts{Name: "podnet_policy_nftables_rules", Help: "Rules in the policy's nftables table."})
+	m.policyElements = prometheus.NewGauge(prometheus.GaugeOpts{Name: "podnet_policy_nftables_elements", Help: "Set and map elements in the policy's nftables table."})
+	m.policies = prometheus.NewGauge(prometheus.GaugeOpts{Name: "podnet_policy_policies", Help: "NetworkPolicies known to the agent (valid ones)."})
+	m.policyDrops = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "podnet_policy_drops_total",
+		Help: "Packets dropped by NetworkPolicy on this node, by isolating policy (namespace/name) and direction, as reported through nflog.",
+	}, []string{"policy", "direction"})
+	m.registry.MustRegister(m.policySyncDuration, m.policySyncs, m.policyFullSyncs, m.policyChains, m.policyRules, m.policyElements, m.policies, m.policyDrops)
 	m.registry.MustRegister(m.syncDuration, m.syncs, m.peers, m.routes, m.overlay, m.skipped, m.changes,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

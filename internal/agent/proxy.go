@@ -61,6 +61,12 @@ type svcProxy struct {
 	// slotsOf remembers which slots each Service held at its last render.
 	slots   *proxy.Slots
 	slotsOf map[string][]string
+
+	// vips indexes Service addresses ("addr:port/proto" → "ns/name") for
+	// naming flows; rebuilt lazily after a Service changes.
+	vipsMu    sync.Mutex
+	vips      map[string]string
+	vipsDirty bool
 }
 
 func newSvcProxy(a *Agent, backend *nft.Proxy) *svcProxy {
@@ -125,16 +131,8 @@ func (p *svcProxy) start(ctx context.Context) {
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = sel }))
 	p.services = f.Core().V1().Services().Informer()
 	p.slices = f.Discovery().V1().EndpointSlices().Informer()
-	// Managed fields are a large share of each cached object and the
-	// proxy never reads them.
-	strip := func(o any) (any, error) {
-		if m, ok := o.(metav1.Object); ok {
-			m.SetManagedFields(nil)
-		}
-		return o, nil
-	}
-	p.services.SetTransform(strip)
-	p.slices.SetTransform(strip)
+	p.services.SetTransform(stripManagedFields)
+	p.slices.SetTransform(stripManagedFields)
 	p.slices.AddIndexers(cache.Indexers{sliceServiceIndex: func(o any) ([]string, error) {
 		if k, ok := sliceService(o); ok {
 			return []string{k}, nil
@@ -142,6 +140,9 @@ func (p *svcProxy) start(ctx context.Context) {
 		return nil, nil
 	}})
 	svcKey := func(o any) {
+		p.vipsMu.Lock()
+		p.vipsDirty = true
+		p.vipsMu.Unlock()
 		if k, err := cache.DeletionHandlingMetaNamespaceKeyFunc(o); err == nil {
 			p.mark(k, time.Time{})
 		}
@@ -220,7 +221,7 @@ func (p *svcProxy) idle() bool {
 // currentSelf describes this node for the renderer, from its Node object.
 func (p *svcProxy) currentSelf() (proxy.Self, error) {
 	cfg := p.a.cfg
-	s := proxy.Self{Name: cfg.NodeName, ClusterCIDRs: cfg.ClusterCIDRs}
+	s := proxy.Self{Name: cfg.NodeName, ClusterCIDRs: cfg.ClusterCIDRs, NflogGroup: cfg.NflogGroup}
 	objs, err := p.a.nodes()
 	if err != nil {
 		return s, err
@@ -403,4 +404,36 @@ func udpUsage(self proxy.Self, svc model.Service, eps map[model.PortKey][]model.
 		}
 	}
 	return u
+}
+
+// serviceAt names the Service that owns a ClusterIP, external IP or
+// load-balancer IP and port ("" if none).
+func (p *svcProxy) serviceAt(a netip.Addr, port uint16, proto string) string {
+	p.vipsMu.Lock()
+	defer p.vipsMu.Unlock()
+	if p.vips == nil || p.vipsDirty {
+		p.vips = map[string]string{}
+		for _, o := range p.services.GetStore().List() {
+			s, err := k8s.Service(o.(*corev1.Service))
+			if err != nil {
+				continue
+			}
+			for _, ip := range append(append(append([]netip.Addr{}, s.ClusterIPs...), s.ExternalIPs...), s.LoadBalancerIPs...) {
+				for _, sp := range s.Ports {
+					p.vips[netip.AddrPortFrom(ip, sp.Port).String()+"/"+string(sp.Protocol)] = s.ServiceName.String()
+				}
+			}
+		}
+		p.vipsDirty = false
+	}
+	return p.vips[netip.AddrPortFrom(a, port).String()+"/"+proto]
+}
+
+// stripManagedFields is an informer transform: managed fields are a large
+// share of each cached object, and the agent never reads them.
+func stripManagedFields(o any) (any, error) {
+	if m, ok := o.(metav1.Object); ok {
+		m.SetManagedFields(nil)
+	}
+	return o, nil
 }

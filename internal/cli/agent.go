@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -54,6 +55,15 @@ type agentConfig struct {
 	Proxy                bool   `json:"proxy"`
 	ProxyMinSyncInterval string `json:"proxyMinSyncInterval"`
 	ProxyFullSyncPeriod  string `json:"proxyFullSyncPeriod"`
+	// Policy enforces NetworkPolicy; NflogGroup is where its drops are
+	// logged (pick another if something else on the node uses 100).
+	Policy     bool `json:"policy"`
+	NflogGroup int  `json:"nflogGroup"`
+	// FlowLog appends the node's flows to this file as JSON lines,
+	// rotated at FlowLogMaxMB keeping FlowLogKeep old files.
+	FlowLog      string `json:"flowLog"`
+	FlowLogMaxMB int    `json:"flowLogMaxMB"`
+	FlowLogKeep  int    `json:"flowLogKeep"`
 }
 
 func defaultAgentConfig() agentConfig {
@@ -62,7 +72,8 @@ func defaultAgentConfig() agentConfig {
 		VXLANVNI: routing.DefaultVXLAN.VNI, VXLANPort: routing.DefaultVXLAN.Port,
 		CNIConfDir: "/etc/cni/net.d", CNIDataDir: cni.DefaultDataDir, CNIChain: []string{"portmap"},
 		HealthAddr: "0.0.0.0:9941", ResyncPeriod: "30s",
-		ProxyMinSyncInterval: "50ms", ProxyFullSyncPeriod: "5m",
+		ProxyMinSyncInterval: "50ms", ProxyFullSyncPeriod: "5m", NflogGroup: 100,
+		FlowLogMaxMB: 100, FlowLogKeep: 3,
 	}
 }
 
@@ -130,6 +141,11 @@ func agentCmd() *cobra.Command {
 	f.BoolVar(&c.Proxy, "proxy", false, "implement Services (replaces kube-proxy; do not run both)")
 	f.StringVar(&c.ProxyMinSyncInterval, "proxy-min-sync-interval", c.ProxyMinSyncInterval, "minimum time between service syncs")
 	f.StringVar(&c.ProxyFullSyncPeriod, "proxy-full-sync-period", c.ProxyFullSyncPeriod, "period of the safety-net full rewrite of the service rules")
+	f.BoolVar(&c.Policy, "policy", false, "enforce NetworkPolicy")
+	f.IntVar(&c.NflogGroup, "nflog-group", c.NflogGroup, "nflog group for drop and reject reports (1-65535)")
+	f.StringVar(&c.FlowLog, "flow-log", "", "append flows to this file as JSON lines (empty: off)")
+	f.IntVar(&c.FlowLogMaxMB, "flow-log-max-mb", c.FlowLogMaxMB, "rotate the flow log at this size")
+	f.IntVar(&c.FlowLogKeep, "flow-log-keep", c.FlowLogKeep, "rotated flow logs to keep")
 	return cmd
 }
 
@@ -171,6 +187,9 @@ func runAgent(c agentConfig) error {
 	resync, err := time.ParseDuration(c.ResyncPeriod)
 	if err != nil || resync <= 0 {
 		return fmt.Errorf("resync period %q: want a positive duration", c.ResyncPeriod)
+	}
+	if c.NflogGroup < 1 || c.NflogGroup > 65535 {
+		return fmt.Errorf("nflog group %d: want 1-65535", c.NflogGroup)
 	}
 	minSync, err := time.ParseDuration(c.ProxyMinSyncInterval)
 	if err != nil || minSync < 0 {
@@ -215,9 +234,11 @@ func runAgent(c agentConfig) error {
 		NodeName: c.NodeName, Client: client, Mode: mode, NetNS: c.NetNS,
 		VXLAN:        routing.VXLANConfig{VNI: c.VXLANVNI, Port: c.VXLANPort},
 		ClusterCIDRs: clusters, ServiceCIDRs: services,
-		CNIConfDir: c.CNIConfDir, CNIDataDir: c.CNIDataDir, MTU: c.MTU, Chain: c.CNIChain,
+		CNIConfDir: c.CNIConfDir, CNIBinDir: c.CNIBinDir, CNIDataDir: c.CNIDataDir, MTU: c.MTU, Chain: c.CNIChain,
 		ResyncPeriod: resync, Allocator: alloc, Log: log,
 		Proxy: c.Proxy, ProxyMinSyncInterval: minSync, ProxyFullSyncPeriod: fullSync,
+		Policy: c.Policy, NflogGroup: c.NflogGroup,
+		FlowLog: c.FlowLog, FlowLogMaxBytes: int64(c.FlowLogMaxMB) << 20, FlowLogKeep: c.FlowLogKeep,
 	})
 	if err != nil {
 		return err
@@ -252,6 +273,12 @@ func serveHealth(addr string, a *agent.Agent, log *slog.Logger) {
 		w.Write([]byte("ok\n"))
 	})
 	mux.Handle("/metrics", promhttp.HandlerFor(a.Registry(), promhttp.HandlerOpts{}))
+	mux.Handle("/flows", agent.FlowsHandler(a))
+	mux.Handle("/route", agent.RouteHandler(a))
+	mux.HandleFunc("/doctor", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(a.Doctor(r.Context()))
+	})
 	if err := http.ListenAndServe(addr, mux); err != nil {
 		log.Error("health endpoint", "addr", addr, "err", err)
 	}

@@ -64,5 +64,15 @@ func applyFlag(cfg, flags *agentConfig, name, clusterCIDRs, serviceCIDRs, chain 
 		cfg.ProxyMinSyncInterval = flags.ProxyMinSyncInterval
 	case "proxy-full-sync-period":
 		cfg.ProxyFullSyncPeriod = flags.ProxyFullSyncPeriod
+	case "policy":
+		cfg.Policy = flags.Policy
+	case "nflog-group":
+		cfg.NflogGroup = flags.NflogGroup
+	case "flow-log":
+		cfg.FlowLog = flags.FlowLog
+	case "flow-log-max-mb":
+		cfg.FlowLogMaxMB = flags.FlowLogMaxMB
+	case "flow-log-keep":
+		cfg.FlowLogKeep = flags.FlowLogKeep
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -35,7 +36,27 @@ func labCmd() *cobra.Command {
 	}
 	c.PersistentFlags().StringVar(&name, "name", "podnet", "lab name")
 	c.AddCommand(labUpCmd(&name), labServeCmd(&name), labDownCmd(&name), labApplyCmd(&name, "apply"),
-		labApplyCmd(&name, "delete"), labGetCmd(&name), labExecCmd(&name), labProbeCmd(&name), labDemoCmd(&name))
+		labApplyCmd(&name, "delete"), labGetCmd(&name), labExecCmd(&name), labProbeCmd(&name), labDemoCmd(&name),
+		labMetricsCmd(&name), labUICmd(&name))
+	return c
+}
+
+func labMetricsCmd(name *string) *cobra.Command {
+	var node string
+	c := &cobra.Command{
+		Use:   "metrics --node NODE",
+		Short: "Print a node agent's Prometheus metrics",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			b, err := lab.NewClient(*name).Get("/v1/metrics?node=" + url.QueryEscape(node))
+			if err != nil {
+				return err
+			}
+			_, err = os.Stdout.Write(b)
+			return err
+		},
+	}
+	c.Flags().StringVar(&node, "node", "node1", "node name")
 	return c
 }
 
@@ -363,6 +384,9 @@ func labProbeCmd(name *string) *cobra.Command {
 	c.Flags().StringVar(&req.Family, "family", "", "ipv4 or ipv6 (default: each pod's primary address)")
 	c.Flags().BoolVar(&req.ToServices, "to-services", false, "try every Service's ClusterIPs and ports instead of the pods")
 	c.Flags().BoolVar(&req.FromNodes, "from-nodes", false, "also try from every node's own namespace")
+	c.Flags().DurationVar(&req.Timeout, "timeout", time.Second, "how long to wait for each connection")
+	c.Flags().StringVar(&req.From, "from", "", "only this source (NAMESPACE/NAME or node/NAME)")
+	c.Flags().StringVar(&req.To, "to", "", "only this target (NAMESPACE/NAME, or svc/NAMESPACE/NAME with --to-services)")
 	c.Flags().StringVarP(&output, "output", "o", "table", "table or json")
 	return c
 }

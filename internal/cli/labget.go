@@ -12,6 +12,8 @@ import (
 	"github.com/spf13/cobra"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/podnet/podnet/internal/lab"
 )
@@ -19,10 +21,10 @@ import (
 func labGetCmd(name *string) *cobra.Command {
 	var output string
 	c := &cobra.Command{
-		Use:       "get nodes|pods|services",
+		Use:       "get nodes|pods|services|namespaces|networkpolicies",
 		Short:     "List lab objects",
 		Args:      cobra.ExactArgs(1),
-		ValidArgs: []string{"nodes", "pods", "services"},
+		ValidArgs: []string{"nodes", "pods", "services", "namespaces", "networkpolicies"},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return printGet(*name, args[0], output, os.Stdout)
 		},
@@ -32,11 +34,14 @@ func labGetCmd(name *string) *cobra.Command {
 }
 
 func printGet(name, kind, output string, out io.Writer) error {
-	if alias, ok := map[string]string{"node": "nodes", "no": "nodes", "pod": "pods", "po": "pods", "service": "services", "svc": "services"}[kind]; ok {
+	if alias, ok := map[string]string{"node": "nodes", "no": "nodes", "pod": "pods", "po": "pods", "service": "services", "svc": "services",
+		"namespace": "namespaces", "ns": "namespaces", "networkpolicy": "networkpolicies", "netpol": "networkpolicies"}[kind]; ok {
 		kind = alias
 	}
-	if kind != "nodes" && kind != "pods" && kind != "services" {
-		return fmt.Errorf("unknown kind (want nodes, pods or services)")
+	switch kind {
+	case "nodes", "pods", "services", "namespaces", "networkpolicies":
+	default:
+		return fmt.Errorf("unknown kind (want nodes, pods, services, namespaces or networkpolicies)")
 	}
 	c := lab.NewClient(name)
 	var raw json.RawMessage
@@ -156,8 +161,44 @@ func printGet(name, kind, output string, out io.Writer) error {
 			}
 			fmt.Fprintln(w)
 		}
+	case "namespaces":
+		var l corev1.NamespaceList
+		if err := json.Unmarshal(raw, &l); err != nil {
+			return err
+		}
+		sort.Slice(l.Items, func(i, j int) bool { return l.Items[i].Name < l.Items[j].Name })
+		fmt.Fprintln(w, "NAME\tLABELS")
+		for _, n := range l.Items {
+			fmt.Fprintf(w, "%s\t%s\n", n.Name, labelString(n.Labels))
+		}
+	case "networkpolicies":
+		var l networkingv1.NetworkPolicyList
+		if err := json.Unmarshal(raw, &l); err != nil {
+			return err
+		}
+		sort.Slice(l.Items, func(i, j int) bool {
+			return l.Items[i].Namespace+"/"+l.Items[i].Name < l.Items[j].Namespace+"/"+l.Items[j].Name
+		})
+		fmt.Fprintln(w, "NAMESPACE\tNAME\tPOD-SELECTOR\tTYPES")
+		for _, p := range l.Items {
+			sel, _ := metav1.LabelSelectorAsSelector(&p.Spec.PodSelector)
+			var types []string
+			for _, t := range p.Spec.PolicyTypes {
+				types = append(types, string(t))
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", p.Namespace, p.Name, dash(sel.String()), dash(strings.Join(types, ",")))
+		}
 	}
 	return nil
+}
+
+func labelString(m map[string]string) string {
+	var labels []string
+	for k, v := range m {
+		labels = append(labels, k+"="+v)
+	}
+	sort.Strings(labels)
+	return dash(strings.Join(labels, ","))
 }
 
 func dash(s string) string {

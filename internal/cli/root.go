@@ -20,7 +20,7 @@ func Main(args []string) int {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(agentCmd(), labCmd(), &cobra.Command{
+	root.AddCommand(agentCmd(), labCmd(), policyCmd(), flowsCmd(), doctorCmd(), traceCmd(), connectivityCmd(), uiCmd(), &cobra.Command{
 		Use:   "version",
 		Short: "Print the version",
 		Run:   func(*cobra.Command, []string) { fmt.Println("podnet", Version) },

@@ -68,7 +68,7 @@ var Versions = version.PluginSupports("0.4.0", "1.0.0", "1.1.0")
 
 // Funcs returns the plugin's verbs for skel.
 func Funcs() skel.CNIFuncs {
-	return skel.CNIFuncs{Add: Add, Del: Del, Check: Check, Status: Status, GC: GC}
+	return skel.CNIFuncs{Add: measured("ADD", Add), Del: measured("DEL", Del), Check: Check, Status: Status, GC: GC}
 }
 
 // HostIfName is the node-side veth name of an attachment. It is derived

@@ -12,7 +12,10 @@ import (
 	"os"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/podnet/podnet/internal/agent"
 )
 
 // Serve answers the lab's CLI on its unix socket until ctx ends or a
@@ -63,6 +66,8 @@ func (l *Lab) Serve(ctx context.Context) error {
 			obj, err = l.client.DiscoveryV1().EndpointSlices("").List(r.Context(), lo)
 		case "networkpolicies":
 			obj, err = l.client.NetworkingV1().NetworkPolicies("").List(r.Context(), lo)
+		case "namespaces":
+			obj, err = l.client.CoreV1().Namespaces().List(r.Context(), lo)
 		default:
 			http.Error(w, "unknown kind "+r.PathValue("kind"), http.StatusNotFound)
 			return
@@ -95,6 +100,53 @@ func (l *Lab) Serve(ctx context.Context) error {
 			return
 		}
 		writeJSON(w, l.Probe(r.Context(), req))
+	})
+	mux.HandleFunc("GET /v1/metrics", func(w http.ResponseWriter, r *http.Request) {
+		n := l.node(r.URL.Query().Get("node"))
+		if n == nil {
+			http.Error(w, "unknown node "+r.URL.Query().Get("node"), http.StatusNotFound)
+			return
+		}
+		promhttp.HandlerFor(n.agent.Registry(), promhttp.HandlerOpts{}).ServeHTTP(w, r)
+	})
+	mux.HandleFunc("GET /v1/doctor", func(w http.ResponseWriter, r *http.Request) {
+		n := l.node(r.URL.Query().Get("node"))
+		if n == nil {
+			http.Error(w, "unknown node "+r.URL.Query().Get("node"), http.StatusNotFound)
+			return
+		}
+		writeJSON(w, n.agent.Doctor(r.Context()))
+	})
+	mux.HandleFunc("POST /v1/trace", func(w http.ResponseWriter, r *http.Request) {
+		var req TraceRequest
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		res, err := l.Trace(r.Context(), req)
+		if err != nil {
+			w.WriteHeader(http.StatusBadRequest)
+			writeJSON(w, map[string]string{"error": err.Error()})
+			return
+		}
+		writeJSON(w, res)
+	})
+	mux.HandleFunc("POST /v1/connectivity", func(w http.ResponseWriter, r *http.Request) {
+		res, err := l.Connectivity(r.Context())
+		if err != nil {
+			w.WriteHeader(http.StatusInternalServerError)
+			writeJSON(w, map[string]string{"error": err.Error()})
+			return
+		}
+		writeJSON(w, res)
+	})
+	mux.HandleFunc("GET /v1/flows", func(w http.ResponseWriter, r *http.Request) {
+		n := l.node(r.URL.Query().Get("node"))
+		if n == nil {
+			http.Error(w, "unknown node "+r.URL.Query().Get("node"), http.StatusNotFound)
+			return
+		}
+		agent.FlowsHandler(n.agent).ServeHTTP(w, r)
 	})
 	mux.HandleFunc("POST /v1/shutdown", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, map[string]bool{"ok": true})
@@ -177,6 +229,20 @@ func (c *Client) Do(method, path string, body []byte, out any) error {
 		return json.Unmarshal(b, out)
 	}
 	return nil
+}
+
+// Get returns the raw body of a GET (for text answers such as metrics).
+func (c *Client) Get(path string) ([]byte, error) {
+	resp, err := c.hc.Get("http://lab" + path)
+	if err != nil {
+		return nil, fmt.Errorf("lab %q: %w", c.name, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err == nil && resp.StatusCode >= 300 {
+		err = fmt.Errorf("lab %q: %s", c.name, bytes.TrimSpace(b))
+	}
+	return b, err
 }
 
 // WaitReady polls the lab's status until it answers or timeout passes.

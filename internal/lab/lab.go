@@ -156,7 +156,12 @@ func Up(ctx context.Context, opt Options) (_ *Lab, err error) {
 			CNIConfDir:   n.confDir,
 			CNIDataDir:   filepath.Join(l.dir, "nodes", n.name, "ipam"),
 			Proxy:        true,
-			Log:          l.log.With("component", "agent"),
+			Policy:       true,
+			CNIBinDir:    filepath.Join(l.dir, "cni", "bin"),
+			// Each node's flows also go to a file, as an operator's log
+			// pipeline would read them.
+			FlowLog: filepath.Join(l.dir, "nodes", n.name, "flows.json"), FlowLogMaxBytes: 10 << 20, FlowLogKeep: 2,
+			Log: l.log.With("component", "agent"),
 		})
 		if err != nil {
 			return nil, err

@@ -131,13 +131,17 @@ func (l *Lab) waitServices(ctx context.Context, pods []string, objs []runtime.Ob
 			return err
 		}
 	}
-	// Give the writes time to reach the agents' informers, then wait for
-	// every proxy to be idle.
+	return l.waitAgents(ctx, deadline)
+}
+
+// waitAgents gives the API writes time to reach the agents' informers,
+// then waits until every agent's proxy and policy loops are idle.
+func (l *Lab) waitAgents(ctx context.Context, deadline time.Time) error {
 	time.Sleep(200 * time.Millisecond)
 	for _, n := range l.nodes {
-		for !n.agent.ServicesIdle() {
+		for !n.agent.Idle() {
 			if time.Now().After(deadline) {
-				return fmt.Errorf("node %s: services not programmed after 15s (see %s)", n.name, LogPath(l.opt.Name))
+				return fmt.Errorf("node %s: services and policies not programmed after 15s (see %s)", n.name, LogPath(l.opt.Name))
 			}
 			select {
 			case <-ctx.Done():
@@ -340,7 +344,10 @@ func (l *Lab) Delete(ctx context.Context, objs []runtime.Object) ([]string, erro
 		}
 		done = append(done, what)
 	}
-	return done, l.waitPods(ctx, pods, false)
+	if err := l.waitPods(ctx, pods, false); err != nil {
+		return done, err
+	}
+	return done, l.waitAgents(ctx, time.Now().Add(15*time.Second))
 }
 
 // applySlice creates or updates a hand-made EndpointSlice, as for a

@@ -26,6 +26,10 @@ type ProbeRequest struct {
 	ToServices bool `json:"toServices,omitempty"`
 	// FromNodes adds the node namespaces as sources, named "node/NAME".
 	FromNodes bool `json:"fromNodes,omitempty"`
+	// From and To, when set, keep only that source and that target
+	// ("NAMESPACE/NAME", "node/NAME" or "svc/NAMESPACE/NAME").
+	From string `json:"from,omitempty"`
+	To   string `json:"to,omitempty"`
 }
 
 type probeTarget struct {
@@ -64,8 +68,20 @@ func (l *Lab) Probe(ctx context.Context, req ProbeRequest) []ProbeResult {
 			sources = append(sources, probeTarget{key: "node/" + n.name, from: &sandbox{nsPath: n.nsPath}})
 		}
 	}
+	if req.From != "" {
+		var keep []probeTarget
+		for _, s := range sources {
+			if s.key == req.From {
+				keep = append(keep, s)
+			}
+		}
+		sources = keep
+	}
 	if req.ToServices {
 		for _, t := range l.serviceTargets(req) {
+			if req.To != "" && t.name != req.To {
+				continue
+			}
 			for _, from := range sources {
 				jobs = append(jobs, &ProbeResult{From: from.key, To: t.name, Port: int(t.dst.Port()), Protocol: t.proto, Target: t.dst.String()})
 				dsts = append(dsts, t.dst)
@@ -78,6 +94,9 @@ func (l *Lab) Probe(ctx context.Context, req ProbeRequest) []ProbeResult {
 			break
 		}
 		for _, to := range pods {
+			if req.To != "" && to.key != req.To {
+				continue
+			}
 			ip, ok := pickIP(to.ips, req.Family)
 			if !ok {
 				continue
@@ -89,7 +108,9 @@ func (l *Lab) Probe(ctx context.Context, req ProbeRequest) []ProbeResult {
 			}
 		}
 	}
-	sem := make(chan struct{}, 16)
+	// Refused and answered probes take microseconds; the cap bounds the
+	// goroutines waiting out timeouts on dropped ones.
+	sem := make(chan struct{}, 128)
 	var wg sync.WaitGroup
 	for i := range jobs {
 		wg.Add(1)

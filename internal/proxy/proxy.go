@@ -54,7 +54,17 @@ type Self struct {
 	// them is masqueraded; pods reaching an externalTrafficPolicy: Local
 	// Service by its external address are sent to any endpoint.
 	ClusterCIDRs []netip.Prefix
+	// NflogGroup, when set, is where rejects (no endpoints) and
+	// conntrack-invalid drops are reported, for the flow log.
+	NflogGroup int
 }
+
+// LogPrefixNoEndpoints and LogPrefixInvalid start the proxy's nflog
+// prefixes.
+const (
+	LogPrefixNoEndpoints = "podnet-proxy no-endpoints "
+	LogPrefixInvalid     = "podnet-proxy invalid "
+)
 
 // Chain is one regular chain and its rules, in nft syntax.
 type Chain struct {
@@ -108,7 +118,17 @@ type Skeleton struct {
 	Chains   []Chain
 	Sets     []Set
 	Elements []Element
+	// Counters are named counters the rules update; they survive every
+	// sync, so the agent can export them as monotonic counts.
+	Counters []string
 }
+
+// The proxy's named counters: packets rejected for want of an endpoint,
+// and forwarded packets dropped as conntrack-invalid.
+const (
+	CounterNoEndpoints = "no-endpoints"
+	CounterInvalid     = "conntrack-invalid"
+)
 
 // family describes one IP family in nft terms.
 type family struct {
@@ -126,14 +146,23 @@ func familyOf(a netip.Addr) family {
 	return families[1]
 }
 
+// logTo renders a log statement to the node's nflog group, or nothing.
+func logTo(self Self, prefix string) string {
+	if self.NflogGroup == 0 {
+		return ""
+	}
+	return fmt.Sprintf("log prefix %q group %d ", prefix, self.NflogGroup)
+}
+
 // NewSkeleton renders the skeleton for a node.
 func NewSkeleton(self Self) Skeleton {
 	var sk Skeleton
 	masq := fmt.Sprintf("meta mark set meta mark or 0x%x", MasqMark)
 	sk.Chains = append(sk.Chains,
 		Chain{Name: "mark-for-masquerade", Rules: []string{masq}},
-		Chain{Name: "reject-chain", Rules: []string{"reject"}},
+		Chain{Name: "reject-chain", Rules: []string{logTo(self, LogPrefixNoEndpoints) + fmt.Sprintf("counter name %q reject", CounterNoEndpoints)}},
 	)
+	sk.Counters = []string{CounterNoEndpoints, CounterInvalid}
 	services := Chain{Name: "services"}
 	post := []string{}
 	filterIn, filterOut := []string{}, []string{}
@@ -201,7 +230,7 @@ func NewSkeleton(self Self) Skeleton {
 	// Packets conntrack finds invalid (out of window, for instance) are
 	// dropped rather than forwarded: DNATed traffic among them would
 	// reach endpoints un-NATed and draw resets that kill the connection.
-	filterFwd := []string{"ct state invalid drop"}
+	filterFwd := []string{"ct state invalid " + logTo(self, LogPrefixInvalid) + fmt.Sprintf("counter name %q drop", CounterInvalid)}
 	for _, f := range families {
 		filterFwd = append(filterFwd, fmt.Sprintf("ct state new %s daddr . meta l4proto . th dport vmap @no-endpoints%s", f.ip, f.v))
 	}

@@ -27,12 +27,9 @@ func (c *Cluster) installAddons(ctx context.Context) error {
 		return err
 	}
 	// podnet, the production way.
-	deploy := c.DeployDir
-	if c.Proxy == "podnet" {
-		var err error
-		if deploy, err = c.podnetAsProxy(); err != nil {
-			return err
-		}
+	deploy, err := c.deployFiles()
+	if err != nil {
+		return err
 	}
 	if out, err := c.kubectl("apply", "-f", deploy); err != nil {
 		return fmt.Errorf("install podnet: %v\n%s", err, out)
@@ -64,13 +61,14 @@ func (c *Cluster) installAddons(ctx context.Context) error {
 	})
 }
 
-// podnetAsProxy prepares deploy/ as an operator replacing kube-proxy
-// would: proxy: true in the ConfigMap, and the apiserver's real address
-// for the agent, which cannot reach the kubernetes Service's ClusterIP
-// before it has programmed it (the podnet-apiserver ConfigMap the
-// DaemonSet reads its KUBERNETES_SERVICE_HOST/PORT from).
-func (c *Cluster) podnetAsProxy() (string, error) {
-	dir := filepath.Join(c.Dir, "deploy-podnet-proxy")
+// deployFiles prepares deploy/ as an operator would for this cluster:
+// policy on or off as asked, and, replacing kube-proxy, proxy: true in
+// the ConfigMap and the apiserver's real address for the agent, which
+// cannot reach the kubernetes Service's ClusterIP before it has programmed
+// it (the podnet-apiserver ConfigMap the DaemonSet reads its
+// KUBERNETES_SERVICE_HOST/PORT from).
+func (c *Cluster) deployFiles() (string, error) {
+	dir := filepath.Join(c.Dir, "deploy")
 	os.MkdirAll(dir, 0o755)
 	entries, err := os.ReadDir(c.DeployDir)
 	if err != nil {
@@ -82,12 +80,18 @@ func (c *Cluster) podnetAsProxy() (string, error) {
 			return "", err
 		}
 		s := string(b)
-		if strings.Contains(s, "kind: ConfigMap") && strings.Contains(s, "proxy: false") {
+		if strings.Contains(s, "kind: ConfigMap") && c.Proxy == "podnet" {
 			s = strings.Replace(s, "proxy: false", "proxy: true", 1)
+		}
+		if strings.Contains(s, "kind: ConfigMap") && c.Policy != "podnet" {
+			s = strings.Replace(s, "policy: true", "policy: false", 1)
 		}
 		if err := os.WriteFile(filepath.Join(dir, e.Name()), []byte(s), 0o644); err != nil {
 			return "", err
 		}
+	}
+	if c.Proxy != "podnet" {
+		return dir, nil
 	}
 	cm := fmt.Sprintf("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: podnet-apiserver, namespace: kube-system}\ndata: {KUBERNETES_SERVICE_HOST: %q, KUBERNETES_SERVICE_PORT: \"6443\"}\n", c.apiIP)
 	return dir, os.WriteFile(filepath.Join(dir, "05-apiserver.yaml"), []byte(cm), 0o644)

@@ -23,6 +23,11 @@ const (
 	// FocusServices is what the service proxy answers for: every
 	// Services spec and the granular Services checks.
 	FocusServices = `\[sig-network\] Services |\[sig-network\] Networking Granular Checks: Services`
+	// FocusNetpol is the NetworkPolicy suite. Its specs carry
+	// [Feature:NetworkPolicy], so this selection is run with SkipNetpol,
+	// which keeps every other exclusion.
+	FocusNetpol = `\[sig-network\] Netpol`
+	SkipNetpol  = `\[Serial\]|\[Disruptive\]|\[Slow\]|SCTP|LoadBalancer|\[Flaky\]`
 	// FocusFull is the whole network SIG.
 	FocusFull = `\[sig-network\]`
 )

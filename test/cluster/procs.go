@@ -117,3 +117,7 @@ func (c *Cluster) run(netNS string, argv ...string) (string, error) {
 	}
 	return string(out), nil
 }
+
+// RunOnNode1 runs a command in node1's network namespace (where the
+// apiserver and the admin kubeconfig are reachable) and returns its output.
+func (c *Cluster) RunOnNode1(argv ...string) (string, error) { return c.run(c.Node1(), argv...) }

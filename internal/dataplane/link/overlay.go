@@ -292,3 +292,45 @@ func isGone(err error) bool {
 	var nf netlink.LinkNotFoundError
 	return errors.As(err, &nf) || errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ESRCH) || errors.Is(err, unix.ENODEV) || errors.Is(err, unix.EADDRNOTAVAIL)
 }
+
+// Installed lists the permanent neighbour and FDB entries on podnet's
+// overlay devices, for comparison with the desired state.
+func (o *Overlay) Installed() ([]routing.Neighbour, []routing.FDBEntry, error) {
+	links, err := o.h.LinkList()
+	if err != nil {
+		return nil, nil, err
+	}
+	var neigh []routing.Neighbour
+	var fdb []routing.FDBEntry
+	for _, l := range links {
+		name := l.Attrs().Name
+		if !strings.HasPrefix(name, routing.DevicePrefix) {
+			continue
+		}
+		for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+			have, err := o.h.NeighList(l.Attrs().Index, fam)
+			if err != nil {
+				return nil, nil, err
+			}
+			for _, h := range have {
+				ip, _ := netip.AddrFromSlice(h.IP)
+				if h.State != netlink.NUD_PERMANENT || ip.Unmap().IsLinkLocalUnicast() || ip.IsMulticast() {
+					continue
+				}
+				neigh = append(neigh, routing.Neighbour{Dev: name, IP: ip.Unmap(), MAC: h.HardwareAddr})
+			}
+		}
+		fdbs, err := o.h.NeighList(l.Attrs().Index, unix.AF_BRIDGE)
+		if err != nil {
+			return nil, nil, err
+		}
+		for _, h := range fdbs {
+			dst, _ := netip.AddrFromSlice(h.IP)
+			if h.State&netlink.NUD_PERMANENT == 0 || !dst.IsValid() {
+				continue
+			}
+			fdb = append(fdb, routing.FDBEntry{Dev: name, MAC: h.HardwareAddr, Dst: dst.Unmap()})
+		}
+	}
+	return neigh, fdb, nil
+}

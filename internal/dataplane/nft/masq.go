@@ -68,6 +68,14 @@ func (m *Masq) do(fn func() error) error {
 	return netns.Do(m.nsPath, fn)
 }
 
+// CounterForwarded counts the packets the node forwards.
+const CounterForwarded = "forwarded"
+
+// Counters reads the table's named counters.
+func (m *Masq) Counters(ctx context.Context) (map[string]Count, error) {
+	return listCounters(ctx, m.nft, m.do)
+}
+
 // Sync rewrites the table to match c, atomically.
 func (m *Masq) Sync(ctx context.Context, c MasqConfig) error {
 	tx := m.nft.NewTransaction()
@@ -94,6 +102,15 @@ func Render(tx *knftables.Transaction, c MasqConfig) {
 		Hook: knftables.PtrTo(knftables.PostroutingHook), Priority: knftables.PtrTo(knftables.SNATPriority),
 	})
 	tx.Flush(&knftables.Chain{Name: chain})
+	// Packets the node forwarded, counted after every filter of podnet's
+	// (policy at -5, the proxy's at -10) has had its say.
+	tx.Add(&knftables.Counter{Name: CounterForwarded})
+	tx.Add(&knftables.Chain{
+		Name: "forward-count", Type: knftables.PtrTo(knftables.FilterType),
+		Hook: knftables.PtrTo(knftables.ForwardHook), Priority: knftables.PtrTo(knftables.FilterPriority + "+100"),
+	})
+	tx.Flush(&knftables.Chain{Name: "forward-count"})
+	tx.Add(&knftables.Rule{Chain: "forward-count", Rule: fmt.Sprintf("counter name %q", CounterForwarded)})
 	for _, fam := range []struct{ v, ip, typ string }{{"4", "ip", "ipv4_addr"}, {"6", "ip6", "ipv6_addr"}} {
 		for _, set := range []struct {
 			name  string

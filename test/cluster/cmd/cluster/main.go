@@ -30,7 +30,7 @@ func main() {
 	images := fs.String("images", "bin/images", "directory with the OCI image archives")
 	proxy := fs.String("proxy", "kube-proxy", "service proxy: kube-proxy or podnet")
 	policy := fs.String("policy", "none", "network policy: none or podnet")
-	selection := fs.String("selection", "smoke", "e2e selection: smoke, services or full")
+	selection := fs.String("selection", "smoke", "e2e selection: smoke, services, netpol or full")
 	focusFlag := fs.String("focus", "", "a ginkgo focus regexp instead of the selection (re-running chosen specs; results are not recorded)")
 	reports := fs.String("reports", "/var/lib/podnet-cluster-reports", "where the junit and the suite's log are kept (outside the cluster's state, which is removed)")
 	procs := fs.Int("procs", 4, "parallel ginkgo processes")
@@ -52,9 +52,43 @@ func main() {
 			fmt.Fprintln(os.Stderr, "cluster down:", err)
 			os.Exit(1)
 		}
+	case "connectivity":
+		// podnet connectivity test against a real cluster, from node1.
+		cluster.Down(*name)
+		c, err := cluster.Up(ctx, cfg)
+		code := 0
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "cluster up:", err)
+			code = 1
+		} else {
+			podnet := filepath.Join(abs(*bin), "podnet")
+			out, err := c.RunOnNode1(podnet, "connectivity", "test", "--kubeconfig", c.Kubeconfig())
+			fmt.Print(out)
+			if err != nil {
+				code = 1
+			}
+			// podnet trace against the cluster: a CoreDNS pod to the
+			// kube-dns Service, through the agents' /route answers.
+			dns, err := c.RunOnNode1(filepath.Join(abs(*bin), "kubectl"), "--kubeconfig", c.Kubeconfig(), "-n", "kube-system",
+				"get", "pods", "-l", "k8s-app=kube-dns", "-o", "jsonpath={.items[0].metadata.name}")
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "find a CoreDNS pod:", err)
+				code = 1
+			} else {
+				out, err := c.RunOnNode1(podnet, "trace", "kube-system/"+strings.TrimSpace(dns), "kube-system/kube-dns:53", "--protocol", "UDP", "--kubeconfig", c.Kubeconfig())
+				fmt.Print(out)
+				if err != nil || !strings.Contains(out, "DELIVERED") {
+					code = 1
+				}
+			}
+		}
+		if !*keep {
+			cluster.Down(*name)
+		}
+		os.Exit(code)
 	case "e2e":
-		if *policy == "podnet" {
-			fmt.Fprintln(os.Stderr, "cluster e2e: podnet does not enforce policy yet (issue 6)")
+		if *policy != "podnet" && *policy != "none" {
+			fmt.Fprintln(os.Stderr, "cluster e2e: --policy must be podnet or none")
 			os.Exit(2)
 		}
 		cluster.Down(*name)
@@ -71,18 +105,20 @@ func main() {
 			fmt.Fprintln(os.Stderr, "cluster up:", err)
 			done(1)
 		}
-		focus := cluster.FocusSmoke
+		focus, skip := cluster.FocusSmoke, cluster.Skip()
 		switch *selection {
 		case "full":
 			focus = cluster.FocusFull
 		case "services":
 			focus = cluster.FocusServices
+		case "netpol":
+			focus, skip = cluster.FocusNetpol, cluster.SkipNetpol
 		}
 		if *focusFlag != "" {
 			focus = *focusFlag
 		}
 		reportDir := filepath.Join(*reports, fmt.Sprintf("%s-%s-%s", *name, *selection, time.Now().UTC().Format("20060102-150405")))
-		res, err := c.RunE2E(ctx, focus, cluster.Skip(), *procs, reportDir)
+		res, err := c.RunE2E(ctx, focus, skip, *procs, reportDir)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "e2e:", err)
 			done(1)
@@ -90,9 +126,14 @@ func main() {
 		cmdline := fmt.Sprintf("go run ./test/cluster/cmd/cluster e2e --selection %s --nodes %d --procs %d --proxy %s --policy %s", *selection, *nodes, *procs, *proxy, *policy)
 		commit, _ := exec.Command("git", "rev-parse", "--short", "HEAD").Output()
 		title := fmt.Sprintf("%s selection, %d nodes, proxy %s, policy %s (%s, commit %s)", *selection, *nodes, *proxy, *policy, time.Now().UTC().Format("2006-01-02 15:04 UTC"), strings.TrimSpace(string(commit)))
-		summary := res.Summary(title, cmdline) + "\nExcluded everywhere (`" + cluster.SkipAlways + "`): Serial, Disruptive, Slow and Flaky specs, feature-gated specs (`Feature:`), SCTP (this kernel has no SCTP sockets) and LoadBalancer specs (they need a cloud provider).\n"
-		for _, e := range cluster.Excluded {
-			summary += fmt.Sprintf("Also excluded: `%s`: %s.\n", e.Pattern, e.Reason)
+		summary := res.Summary(title, cmdline)
+		if *selection == "netpol" {
+			summary += "\nExcluded (`" + cluster.SkipNetpol + "`): Serial, Disruptive, Slow and Flaky specs, SCTP (this kernel has no SCTP sockets) and LoadBalancer specs. The NetworkPolicy specs carry `[Feature:NetworkPolicy]`, so this selection does not exclude `Feature:`.\n"
+		} else {
+			summary += "\nExcluded everywhere (`" + cluster.SkipAlways + "`): Serial, Disruptive, Slow and Flaky specs, feature-gated specs (`Feature:`), SCTP (this kernel has no SCTP sockets) and LoadBalancer specs (they need a cloud provider).\n"
+			for _, e := range cluster.Excluded {
+				summary += fmt.Sprintf("Also excluded: `%s`: %s.\n", e.Pattern, e.Reason)
+			}
 		}
 		fmt.Print(summary)
 		fmt.Printf("%d passed, %d failed, %d skipped\n", res.Passed, res.Failed, res.Skipped)
