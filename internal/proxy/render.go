@@ -200,7 +200,18 @@ func (r *renderer) balance(f family, chain, id string, proto model.Protocol, eps
 			return []string{dnat(f, proto, eps)}
 		}
 		if len(eps) > SlotSize {
-			eps = eps[:SlotSize]
+			// Too many for a slot of the shared maps: this port gets a
+			// map of its own (rare, so the extra set per Service does
+			// not add up).
+			m := "endpoints-" + chain
+			if !r.sets[m] {
+				r.sets[m] = true
+				r.frag.Sets = append(r.frag.Sets, Set{Name: m, TypeOf: "numgen random mod 1 : " + f.ip + " daddr . " + string(proto) + " dport"})
+			}
+			for i, e := range eps {
+				r.elem(m, []string{fmt.Sprint(i)}, []string{e.Addr.String(), fmt.Sprint(e.Port)})
+			}
+			return []string{fmt.Sprintf("meta l4proto %s dnat %s to numgen random mod %d map @%s", proto, f.ip, len(eps), m)}
 		}
 		// One numgen draw, offset into this chain's slot of the shared
 		// endpoints map.
