@@ -123,6 +123,8 @@ func BenchmarkProxy(b *testing.B) {
 	}
 }
 
+var programmedLine = regexp.MustCompile(`msg="services programmed".*`)
+
 type proxyBench struct {
 	b      *testing.B
 	c      kubernetes.Interface
@@ -434,6 +436,15 @@ func (pb *proxyBench) run(proxy, mode, tag string, addOne, latency bool) proxyRe
 		time.Sleep(10 * time.Millisecond)
 	}
 	res := proxyResult{sync: time.Since(t0)}
+	if proxy == "podnet" {
+		// The agent's own account of the sync (render and transaction),
+		// to tell it apart from listing the API.
+		if l, err := os.ReadFile(logf.Name()); err == nil {
+			if m := programmedLine.Find(l); m != nil {
+				b.Logf("%s: %s", tag, m)
+			}
+		}
+	}
 	if addOne {
 		pb.added++
 		name := fmt.Sprintf("added-%04d", pb.added)

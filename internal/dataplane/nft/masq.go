@@ -49,7 +49,7 @@ type Masq struct {
 func NewMasq(nsPath string) (*Masq, error) {
 	m := &Masq{nsPath: nsPath}
 	err := m.do(func() (err error) {
-		m.nft, err = knftables.New(knftables.InetFamily, RoutingTable)
+		m.nft, err = newNFT(knftables.InetFamily, RoutingTable)
 		return err
 	})
 	if err != nil {

@@ -60,7 +60,7 @@ type Policy struct {
 func NewPolicy(nsPath string, nflogGroup int) (*Policy, error) {
 	p := &Policy{nsPath: nsPath, group: nflogGroup, needFull: true}
 	err := p.do(func() (err error) {
-		p.nft, err = knftables.New(knftables.InetFamily, PolicyTable)
+		p.nft, err = newNFT(knftables.InetFamily, PolicyTable)
 		return err
 	})
 	if err != nil {

@@ -98,7 +98,7 @@ const skeletonOwner = "\x00skeleton"
 func NewProxy(nsPath string) (*Proxy, error) {
 	p := &Proxy{nsPath: nsPath}
 	err := p.do(func() (err error) {
-		p.nft, err = knftables.New(knftables.InetFamily, proxy.Table)
+		p.nft, err = newNFT(knftables.InetFamily, proxy.Table)
 		return err
 	})
 	if err != nil {

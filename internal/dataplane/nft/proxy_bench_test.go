@@ -1,0 +1,65 @@
+package nft
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/podnet/podnet/internal/model"
+	"github.com/podnet/podnet/internal/proxy"
+	"github.com/podnet/podnet/internal/testenv"
+)
+
+// BenchmarkProxyFullSync renders N ClusterIP Services × 10 endpoints (the
+// shape of bench/'s proxy comparison) and times the backend's full sync
+// into a fresh namespace, apart from the API: render, then the one
+// transaction. PODNET_BENCH_SERVICES sets N (default 10000).
+//
+//	go test ./internal/dataplane/nft -run '^$' -bench ProxyFullSync -benchtime 3x
+func BenchmarkProxyFullSync(b *testing.B) {
+	testenv.RequireRoot(b)
+	n := 10000
+	if s := os.Getenv("PODNET_BENCH_SERVICES"); s != "" {
+		n, _ = strconv.Atoi(s)
+	}
+	ctx := context.Background()
+	self := testSelf
+	var render, apply time.Duration
+	for range b.N {
+		ns := testenv.NetNS(b, "bench")
+		t0 := time.Now()
+		slots := proxy.NewSlots()
+		frags := make(map[string]*proxy.Fragment, n)
+		for i := range n {
+			s := model.Service{
+				ServiceName: model.ServiceName{Namespace: "ns", Name: fmt.Sprintf("svc-%05d", i)},
+				ClusterIPs:  []netip.Addr{netip.AddrFrom4([4]byte{10, 96, byte(i >> 8), byte(i)})},
+				Ports:       []model.ServicePort{{Name: "p", Protocol: model.TCP, Port: 80}},
+			}
+			k := model.PortKey{ServiceName: s.ServiceName, Port: "p", Protocol: model.TCP}
+			var eps []model.Endpoint
+			for j := range 10 {
+				eps = append(eps, model.Endpoint{Addr: netip.AddrFrom4([4]byte{10, 244, byte(i >> 4), byte(i<<4 | j)}), Port: 8080, Ready: true, Serving: true, NodeName: "n2"})
+			}
+			f, _ := proxy.Render(self, s, map[model.PortKey][]model.Endpoint{k: eps}, slots)
+			frags[s.ServiceName.String()] = &f
+		}
+		t1 := time.Now()
+		p, err := NewProxy(ns)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := p.Sync(ctx, proxy.NewSkeleton(self), frags); err != nil {
+			b.Fatal(err)
+		}
+		render += t1.Sub(t0)
+		apply += time.Since(t1)
+		p.Delete(ctx)
+	}
+	b.ReportMetric(float64(render.Milliseconds())/float64(b.N), "render-ms/op")
+	b.ReportMetric(float64(apply.Milliseconds())/float64(b.N), "apply-ms/op")
+}
