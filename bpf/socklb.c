@@ -1,0 +1,252 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+//
+// podnet's socket-level Service load balancer. cgroup/connect and
+// cgroup/sendmsg programs rewrite a ClusterIP destination to a backend
+// before the socket routes anything, so east-west traffic to a Service
+// costs nothing per packet: no DNAT, no conntrack NAT entry. recvmsg
+// rewrites the source of replies to unconnected UDP sockets back to the
+// ClusterIP, so that the application sees the address it sent to, and
+// getpeername reports the ClusterIP of a connected socket.
+//
+// The agent fills the maps from the same desired state as the nftables
+// backend (internal/proxy); this file only looks things up.
+
+#include <linux/bpf.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+char __license[] SEC("license") = "Dual BSD/GPL";
+
+// From the socket API, which BPF programs cannot include.
+#define SOCK_STREAM 1
+#define SOCK_DGRAM 2
+
+#define MAX_SERVICES 262144
+#define MAX_BACKENDS 1048576
+
+// A Service address: IPv4 is stored as an IPv4-mapped IPv6 address.
+struct svc_key {
+	__u32 addr[4];
+	__u16 port; // network byte order
+	__u8 proto; // IPPROTO_TCP or IPPROTO_UDP
+	__u8 pad;
+};
+
+struct svc_val {
+	__u32 id;    // the Service port's backends are (id, 0..count-1)
+	__u32 count; // 0: the Service has no usable backend
+};
+
+struct backend_key {
+	__u32 id;
+	__u32 index;
+};
+
+struct backend_val {
+	__u32 addr[4];
+	__u16 port; // network byte order
+	__u16 pad;
+};
+
+// Which Service address a socket meant when it was sent to a backend: by
+// socket and backend, so recvmsg can put the Service address back as the
+// source of a UDP reply, and getpeername as a connected socket's peer.
+struct rev_key {
+	__u64 cookie;
+	__u32 addr[4];
+	__u16 port;
+	__u16 pad;
+	__u32 pad2; // explicit, so that no padding byte is left uninitialised in a key
+};
+
+struct rev_val {
+	__u32 addr[4];
+	__u16 port;
+	__u16 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_SERVICES);
+	__type(key, struct svc_key);
+	__type(value, struct svc_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} podnet_services SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_BACKENDS);
+	__type(key, struct backend_key);
+	__type(value, struct backend_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} podnet_backends SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct rev_key);
+	__type(value, struct rev_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} podnet_udp_rev SEC(".maps");
+
+// The network namespaces this node balances for, by netns cookie. Key 0
+// means every namespace (a node with one agent per machine).
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} podnet_netns SEC(".maps");
+
+static __always_inline int mine(void *ctx)
+{
+	__u64 all = 0, cookie = bpf_get_netns_cookie(ctx);
+	return bpf_map_lookup_elem(&podnet_netns, &all) || bpf_map_lookup_elem(&podnet_netns, &cookie);
+}
+
+// pick finds the Service at key and chooses one of its backends. It
+// returns 0 when the address is not a Service (or has no backend: the
+// connection then goes on unchanged and the nftables rules reject it).
+static __always_inline struct backend_val *pick(struct svc_key *key)
+{
+	struct svc_val *svc = bpf_map_lookup_elem(&podnet_services, key);
+	if (!svc || svc->count == 0)
+		return 0;
+	struct backend_key bk = {.id = svc->id, .index = bpf_get_prandom_u32() % svc->count};
+	return bpf_map_lookup_elem(&podnet_backends, &bk);
+}
+
+static __always_inline void key4(struct svc_key *k, __u32 addr, __u32 port, __u8 proto)
+{
+	k->addr[0] = 0;
+	k->addr[1] = 0;
+	k->addr[2] = bpf_htonl(0xffff);
+	k->addr[3] = addr;
+	k->port = (__u16)port;
+	k->proto = proto;
+}
+
+static __always_inline void key6(struct svc_key *k, struct bpf_sock_addr *ctx, __u8 proto)
+{
+	k->addr[0] = ctx->user_ip6[0];
+	k->addr[1] = ctx->user_ip6[1];
+	k->addr[2] = ctx->user_ip6[2];
+	k->addr[3] = ctx->user_ip6[3];
+	k->port = (__u16)ctx->user_port;
+	k->proto = proto;
+}
+
+static __always_inline __u8 proto_of(struct bpf_sock_addr *ctx)
+{
+	return ctx->type == SOCK_STREAM ? IPPROTO_TCP : ctx->type == SOCK_DGRAM ? IPPROTO_UDP : 0;
+}
+
+static __always_inline void remember(struct bpf_sock_addr *ctx, struct backend_val *be, struct svc_key *k)
+{
+	struct rev_key rk = {.cookie = bpf_get_socket_cookie(ctx), .port = be->port};
+	__builtin_memcpy(rk.addr, be->addr, sizeof(rk.addr));
+	struct rev_val rv = {.port = k->port};
+	__builtin_memcpy(rv.addr, k->addr, sizeof(rv.addr));
+	bpf_map_update_elem(&podnet_udp_rev, &rk, &rv, BPF_ANY);
+}
+
+static __always_inline int translate4(struct bpf_sock_addr *ctx, int rev)
+{
+	__u8 proto = proto_of(ctx);
+	if (!proto || !mine(ctx))
+		return 1;
+	struct svc_key k = {};
+	key4(&k, ctx->user_ip4, ctx->user_port, proto);
+	struct backend_val *be = pick(&k);
+	if (!be)
+		return 1;
+	if (rev)
+		remember(ctx, be, &k);
+	ctx->user_ip4 = be->addr[3];
+	ctx->user_port = be->port;
+	return 1;
+}
+
+static __always_inline int translate6(struct bpf_sock_addr *ctx, int rev)
+{
+	__u8 proto = proto_of(ctx);
+	if (!proto || !mine(ctx))
+		return 1;
+	struct svc_key k = {};
+	key6(&k, ctx, proto);
+	struct backend_val *be = pick(&k);
+	if (!be)
+		return 1;
+	if (rev)
+		remember(ctx, be, &k);
+	ctx->user_ip6[0] = be->addr[0];
+	ctx->user_ip6[1] = be->addr[1];
+	ctx->user_ip6[2] = be->addr[2];
+	ctx->user_ip6[3] = be->addr[3];
+	ctx->user_port = be->port;
+	return 1;
+}
+
+SEC("cgroup/connect4")
+int podnet_connect4(struct bpf_sock_addr *ctx) { return translate4(ctx, 1); }
+
+SEC("cgroup/connect6")
+int podnet_connect6(struct bpf_sock_addr *ctx) { return translate6(ctx, 1); }
+
+SEC("cgroup/sendmsg4")
+int podnet_sendmsg4(struct bpf_sock_addr *ctx) { return translate4(ctx, 1); }
+
+SEC("cgroup/sendmsg6")
+int podnet_sendmsg6(struct bpf_sock_addr *ctx) { return translate6(ctx, 1); }
+
+// restore puts the Service address back where the kernel reports a
+// backend's address to the application: the source of a UDP reply, or a
+// connected socket's peer.
+static __always_inline int restore4(struct bpf_sock_addr *ctx)
+{
+	if (!mine(ctx))
+		return 1;
+	struct rev_key rk = {.cookie = bpf_get_socket_cookie(ctx), .port = (__u16)ctx->user_port};
+	rk.addr[2] = bpf_htonl(0xffff);
+	rk.addr[3] = ctx->user_ip4;
+	struct rev_val *rv = bpf_map_lookup_elem(&podnet_udp_rev, &rk);
+	if (!rv)
+		return 1;
+	ctx->user_ip4 = rv->addr[3];
+	ctx->user_port = rv->port;
+	return 1;
+}
+
+static __always_inline int restore6(struct bpf_sock_addr *ctx)
+{
+	if (!mine(ctx))
+		return 1;
+	struct rev_key rk = {.cookie = bpf_get_socket_cookie(ctx), .port = (__u16)ctx->user_port};
+	rk.addr[0] = ctx->user_ip6[0];
+	rk.addr[1] = ctx->user_ip6[1];
+	rk.addr[2] = ctx->user_ip6[2];
+	rk.addr[3] = ctx->user_ip6[3];
+	struct rev_val *rv = bpf_map_lookup_elem(&podnet_udp_rev, &rk);
+	if (!rv)
+		return 1;
+	ctx->user_ip6[0] = rv->addr[0];
+	ctx->user_ip6[1] = rv->addr[1];
+	ctx->user_ip6[2] = rv->addr[2];
+	ctx->user_ip6[3] = rv->addr[3];
+	ctx->user_port = rv->port;
+	return 1;
+}
+
+SEC("cgroup/recvmsg4")
+int podnet_recvmsg4(struct bpf_sock_addr *ctx) { return restore4(ctx); }
+
+SEC("cgroup/recvmsg6")
+int podnet_recvmsg6(struct bpf_sock_addr *ctx) { return restore6(ctx); }
+
+SEC("cgroup/getpeername4")
+int podnet_getpeername4(struct bpf_sock_addr *ctx) { return restore4(ctx); }
+
+SEC("cgroup/getpeername6")
+int podnet_getpeername6(struct bpf_sock_addr *ctx) { return restore6(ctx); }
