@@ -2,10 +2,11 @@
 GO ?= go
 # Debian packages the tests and benchmarks use: iptables for the portmap
 # chaining test, iperf3 for throughput benchmarks, iproute2 and ping for
-# poking around a lab.
-DEB_PACKAGES := iproute2 iptables nftables iperf3 iputils-ping chromium
+# poking around a lab; chromium for the web view's test; clang, llvm and
+# libbpf-dev to check the committed eBPF objects against bpf/.
+DEB_PACKAGES := iproute2 iptables nftables iperf3 iputils-ping chromium clang llvm libbpf-dev
 
-.PHONY: build test deps lint demo bench kas cluster-build e2e-smoke e2e-netpol e2e-connectivity e2e-full cluster-down
+.PHONY: build test deps lint bpf bpf-check demo bench kas cluster-build e2e-smoke e2e-netpol e2e-connectivity e2e-full cluster-down
 
 build:
 	$(GO) build -o podnet ./cmd/podnet
@@ -20,6 +21,15 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
+# The eBPF objects are generated from bpf/ (clang, bpf2go) and committed,
+# so that building podnet needs no clang; bpf-check fails when they do not
+# match the sources.
+bpf:
+	$(GO) generate ./internal/dataplane/ebpf
+
+bpf-check: bpf
+	@git diff --exit-code --stat -- internal/dataplane/ebpf || { echo "the committed eBPF objects are stale: run make bpf and commit"; exit 1; }
+
 # A real kube-apiserver (with embedded etcd) and kube-proxy, built from the
 # k8s.io/kubernetes module in test/kas, for the agent's integration tests.
 # The first build takes several minutes; later ones are seconds.
@@ -27,7 +37,7 @@ kas:
 	bash test/kas/build.sh
 
 # The whole suite. Root tests skip with a reason when not run as root.
-test: lint kas
+test: lint bpf-check kas
 	$(GO) test -count=1 -timeout 20m ./...
 
 demo: build

@@ -30,18 +30,11 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/podnet/podnet/internal/model"
+	"github.com/podnet/podnet/internal/proxy"
 )
 
 // Frontend is a Service address as a socket names it.
-type Frontend struct {
-	Addr     netip.Addr
-	Port     uint16
-	Protocol model.Protocol
-}
-
-func (f Frontend) String() string {
-	return netip.AddrPortFrom(f.Addr, f.Port).String() + "/" + string(f.Protocol)
-}
+type Frontend = proxy.Frontend
 
 // SockLB is the socket load balancer attached to one cgroup.
 type SockLB struct {

@@ -205,9 +205,9 @@ func TestSocketLoadBalancer(t *testing.T) {
 	if err := netns.Do(ns, func() (err error) { cookie, err = NetNSCookie(); return err }); err != nil {
 		t.Fatal(err)
 	}
-	tcpVIP := Frontend{netip.MustParseAddr("10.96.0.10"), 80, model.TCP}
-	udpVIP := Frontend{netip.MustParseAddr("10.96.0.11"), 53, model.UDP}
-	v6VIP := Frontend{netip.MustParseAddr("fd00:96::10"), 80, model.TCP}
+	tcpVIP := Frontend{Addr: netip.MustParseAddr("10.96.0.10"), Port: 80, Protocol: model.TCP}
+	udpVIP := Frontend{Addr: netip.MustParseAddr("10.96.0.11"), Port: 53, Protocol: model.UDP}
+	v6VIP := Frontend{Addr: netip.MustParseAddr("fd00:96::10"), Port: 80, Protocol: model.TCP}
 	desired := map[Frontend][]netip.AddrPort{
 		tcpVIP: {netip.MustParseAddrPort("127.0.0.1:18081"), netip.MustParseAddrPort("127.0.0.1:18082")},
 		udpVIP: {netip.MustParseAddrPort("127.0.0.1:18083")},
