@@ -71,6 +71,16 @@ type Config struct {
 	FlowLog         string
 	FlowLogMaxBytes int64
 	FlowLogKeep     int
+	// Dataplane is DataplaneNftables (the default) or DataplaneEBPF, which
+	// adds the socket-level Service balancer (see socklb.go). BPFCgroup is
+	// the cgroup v2 directory it attaches to (default: the hierarchy's
+	// root), BPFPinDir where its maps and links are pinned, in a BPF file
+	// system (default /sys/fs/bpf/podnet). ScopedSockets limits it to the
+	// node's namespace and those given to AllowSocketNetNS (the lab).
+	Dataplane     string
+	BPFCgroup     string
+	BPFPinDir     string
+	ScopedSockets bool
 	// Allocator, when set, claims pod ranges for this node if the cluster
 	// assigns none.
 	Allocator *BlockAllocator
@@ -85,6 +95,7 @@ type Agent struct {
 	overlay *link.Overlay
 	masq    *nft.Masq
 	proxy   *svcProxy
+	sock    *sockLB
 	policy  *netPolicy
 	names   *names
 	flows   *flow.Ring
@@ -141,6 +152,25 @@ func New(cfg Config) (*Agent, error) {
 			return nil, err
 		}
 		a.proxy = newSvcProxy(a, backend)
+	}
+	if a.cfg.BPFPinDir == "" {
+		a.cfg.BPFPinDir = "/sys/fs/bpf/podnet"
+	}
+	switch cfg.Dataplane {
+	case "", DataplaneNftables:
+		// Switching back from eBPF leaves nothing of it behind.
+		if err := removeSockLB(a.cfg.BPFPinDir); err != nil {
+			h.Close()
+			return nil, fmt.Errorf("remove the eBPF dataplane's pins: %w", err)
+		}
+	case DataplaneEBPF:
+		if a.sock, err = openSockLB(a.cfg); err != nil {
+			h.Close()
+			return nil, err
+		}
+	default:
+		h.Close()
+		return nil, fmt.Errorf("agent: unknown dataplane %q (nftables or ebpf)", cfg.Dataplane)
 	}
 	if cfg.Policy {
 		if a.cfg.ProxyMinSyncInterval == 0 {
@@ -233,6 +263,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.flowLog != nil {
 		defer a.flowLog.Close()
 	}
+	// The balancer's pins stay: translation goes on while no agent runs.
+	defer a.sock.close()
 	a.loop(ctx)
 	return nil
 }

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"reflect"
 	"slices"
@@ -269,10 +270,12 @@ func (p *svcProxy) sync(ctx context.Context) error {
 	}
 	changes := map[string]*proxy.Fragment{}
 	nextUse := map[string]udpUse{}
+	socks := map[string]map[proxy.Frontend][]netip.AddrPort{}
 	for key := range dirty {
-		frag, use, hc := p.render(self, key)
+		frag, use, hc, sock := p.render(self, key)
 		changes[key] = frag
 		nextUse[key] = use
+		socks[key] = sock
 		p.health.set(key, hc)
 	}
 	st, err := p.backend.Sync(ctx, proxy.NewSkeleton(self), changes)
@@ -290,6 +293,24 @@ func (p *svcProxy) sync(ctx context.Context) error {
 		p.mu.Unlock()
 		m.proxySyncs.WithLabelValues("error").Inc()
 		return err
+	}
+	if sock := p.a.sock; sock != nil {
+		// After the rules: a Service the balancer starts to serve is
+		// already reachable through them, and one it stops serving still
+		// is.
+		for key, fs := range socks {
+			sock.set(key, fs)
+		}
+		if _, err := sock.sync(); err != nil {
+			p.backend.RequestFull()
+			p.mu.Lock()
+			for k := range dirty {
+				p.dirty[k] = true
+			}
+			p.mu.Unlock()
+			m.proxySyncs.WithLabelValues("error").Inc()
+			return fmt.Errorf("socket balancer: %w", err)
+		}
 	}
 	now := time.Now()
 	m.proxySyncDuration.Observe(now.Sub(t0).Seconds())
@@ -343,18 +364,18 @@ func (p *svcProxy) sync(ctx context.Context) error {
 
 // render computes one Service's fragment (nil: nothing to program), the
 // UDP endpoints and addresses it serves, and its health check.
-func (p *svcProxy) render(self proxy.Self, key string) (*proxy.Fragment, udpUse, healthCheck) {
+func (p *svcProxy) render(self proxy.Self, key string) (*proxy.Fragment, udpUse, healthCheck, map[proxy.Frontend][]netip.AddrPort) {
 	log := p.a.cfg.Log
 	obj, exists, err := p.services.GetIndexer().GetByKey(key)
 	if err != nil || !exists {
-		return nil, udpUse{}, healthCheck{}
+		return nil, udpUse{}, healthCheck{}, nil
 	}
 	svc, err := k8s.Service(obj.(*corev1.Service))
 	if err != nil {
 		if !errors.Is(err, k8s.ErrNotProxied) {
 			log.Warn("skipping service", "service", key, "err", err)
 		}
-		return nil, udpUse{}, healthCheck{}
+		return nil, udpUse{}, healthCheck{}, nil
 	}
 	objs, _ := p.slices.GetIndexer().ByIndex(sliceServiceIndex, key)
 	slices := make([]*discoveryv1.EndpointSlice, 0, len(objs))
@@ -370,7 +391,11 @@ func (p *svcProxy) render(self proxy.Self, key string) (*proxy.Fragment, udpUse,
 	if svc.ExternalLocal && svc.HealthCheckNodePort != 0 {
 		hc = healthCheck{port: svc.HealthCheckNodePort, name: svc.ServiceName, local: info.LocalEndpoints}
 	}
-	return &frag, udpUsage(self, svc, eps), hc
+	var sock map[proxy.Frontend][]netip.AddrPort
+	if p.a.sock != nil {
+		sock = proxy.SocketBackends(self, svc, eps)
+	}
+	return &frag, udpUsage(self, svc, eps), hc, sock
 }
 
 // udpUse is what a Service's UDP ports send to and accept on.

@@ -64,6 +64,10 @@ type agentConfig struct {
 	FlowLog      string `json:"flowLog"`
 	FlowLogMaxMB int    `json:"flowLogMaxMB"`
 	FlowLogKeep  int    `json:"flowLogKeep"`
+	// Dataplane is nftables (default) or ebpf; BPFPinDir is where the
+	// eBPF dataplane pins its maps and links (a BPF file system).
+	Dataplane string `json:"dataplane"`
+	BPFPinDir string `json:"bpfPinDir"`
 }
 
 func defaultAgentConfig() agentConfig {
@@ -73,7 +77,7 @@ func defaultAgentConfig() agentConfig {
 		CNIConfDir: "/etc/cni/net.d", CNIDataDir: cni.DefaultDataDir, CNIChain: []string{"portmap"},
 		HealthAddr: "0.0.0.0:9941", ResyncPeriod: "30s",
 		ProxyMinSyncInterval: "50ms", ProxyFullSyncPeriod: "5m", NflogGroup: 100,
-		FlowLogMaxMB: 100, FlowLogKeep: 3,
+		FlowLogMaxMB: 100, FlowLogKeep: 3, Dataplane: "nftables", BPFPinDir: "/sys/fs/bpf/podnet",
 	}
 }
 
@@ -146,6 +150,8 @@ func agentCmd() *cobra.Command {
 	f.StringVar(&c.FlowLog, "flow-log", "", "append flows to this file as JSON lines (empty: off)")
 	f.IntVar(&c.FlowLogMaxMB, "flow-log-max-mb", c.FlowLogMaxMB, "rotate the flow log at this size")
 	f.IntVar(&c.FlowLogKeep, "flow-log-keep", c.FlowLogKeep, "rotated flow logs to keep")
+	f.StringVar(&c.Dataplane, "dataplane", c.Dataplane, "nftables, or ebpf (adds the socket-level Service balancer; needs --proxy, cgroup v2 and a BPF file system)")
+	f.StringVar(&c.BPFPinDir, "bpf-pin-dir", c.BPFPinDir, "where the eBPF dataplane pins its maps and links")
 	return cmd
 }
 
@@ -239,6 +245,7 @@ func runAgent(c agentConfig) error {
 		Proxy: c.Proxy, ProxyMinSyncInterval: minSync, ProxyFullSyncPeriod: fullSync,
 		Policy: c.Policy, NflogGroup: c.NflogGroup,
 		FlowLog: c.FlowLog, FlowLogMaxBytes: int64(c.FlowLogMaxMB) << 20, FlowLogKeep: c.FlowLogKeep,
+		Dataplane: c.Dataplane, BPFPinDir: c.BPFPinDir,
 	})
 	if err != nil {
 		return err

@@ -74,5 +74,9 @@ func applyFlag(cfg, flags *agentConfig, name, clusterCIDRs, serviceCIDRs, chain 
 		cfg.FlowLogMaxMB = flags.FlowLogMaxMB
 	case "flow-log-keep":
 		cfg.FlowLogKeep = flags.FlowLogKeep
+	case "dataplane":
+		cfg.Dataplane = flags.Dataplane
+	case "bpf-pin-dir":
+		cfg.BPFPinDir = flags.BPFPinDir
 	}
 }

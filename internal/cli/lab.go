@@ -65,6 +65,7 @@ type upOptions struct {
 	ipv6, dual     bool
 	mode           string
 	kubeconfig     string
+	dataplane      string
 }
 
 func (o *upOptions) family() lab.Family {
@@ -84,6 +85,7 @@ func (o *upOptions) flags(c *cobra.Command) {
 	c.Flags().StringVar(&o.kubeconfig, "kubeconfig", "", "use this kube-apiserver instead of the embedded control plane")
 	c.Flags().StringVar(&o.mode, "mode", "direct", "how nodes reach each other: direct, vxlan or auto")
 	c.Flags().IntVar(&o.subnets, "subnets", 1, "spread the nodes over this many subnets joined by a router (needs vxlan or auto)")
+	c.Flags().StringVar(&o.dataplane, "dataplane", "nftables", "nftables, or ebpf (adds the socket-level Service balancer)")
 }
 
 func labUpCmd(name *string) *cobra.Command {
@@ -139,6 +141,9 @@ func labUp(name string, o *upOptions) error {
 	} else if o.ipv6 {
 		args = append(args, "--ipv6")
 	}
+	if o.dataplane != "" {
+		args = append(args, "--dataplane", o.dataplane)
+	}
 	if o.kubeconfig != "" {
 		abs, _ := filepath.Abs(o.kubeconfig)
 		args = append(args, "--kubeconfig", abs)
@@ -189,7 +194,7 @@ func labServeCmd(name *string) *cobra.Command {
 			log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
-			l, err := lab.Up(ctx, lab.Options{Name: *name, Nodes: o.nodes, Family: o.family(), Mode: routing.Mode(o.mode), Subnets: o.subnets, Kubeconfig: o.kubeconfig, Exe: self, Log: log})
+			l, err := lab.Up(ctx, lab.Options{Name: *name, Nodes: o.nodes, Family: o.family(), Mode: routing.Mode(o.mode), Subnets: o.subnets, Kubeconfig: o.kubeconfig, Dataplane: o.dataplane, Exe: self, Log: log})
 			if err != nil {
 				return err
 			}

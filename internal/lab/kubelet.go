@@ -121,6 +121,11 @@ func (l *Lab) startSandbox(ctx context.Context, key string, pod *corev1.Pod) (sb
 		netns.Do(node.nsPath, func() error { return l.cni.DelNetworkList(ctx, list, l.runtimeConf(sb, pod)) })
 		return nil, err
 	}
+	if err := node.agent.AllowSocketNetNS(sb.nsPath); err != nil {
+		sb.work.Close()
+		netns.Do(node.nsPath, func() error { return l.cni.DelNetworkList(ctx, list, l.runtimeConf(sb, pod)) })
+		return nil, fmt.Errorf("pod %s: %w", key, err)
+	}
 	l.mu.Lock()
 	l.sandboxes[key] = sb
 	l.mu.Unlock()
@@ -167,6 +172,9 @@ func (l *Lab) teardown(ctx context.Context, sb *sandbox) error {
 		sb.work.Close()
 	}
 	var errs []error
+	if err := sb.node.agent.ForgetSocketNetNS(sb.nsPath); err != nil {
+		errs = append(errs, err)
+	}
 	if list, err := sb.node.conflist(); err == nil {
 		if err := netns.Do(sb.node.nsPath, func() error { return l.cni.DelNetworkList(ctx, list, l.runtimeConf(sb, nil)) }); err != nil {
 			errs = append(errs, fmt.Errorf("pod %s: CNI DEL: %w", sb.key, err))

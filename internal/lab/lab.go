@@ -47,7 +47,9 @@ type Options struct {
 	Kubeconfig string
 	// Exe is the podnet binary the lab installs as its CNI plugin.
 	Exe string
-	Log *slog.Logger
+	// Dataplane is "nftables" (default) or "ebpf" (see ebpf.go).
+	Dataplane string
+	Log       *slog.Logger
 }
 
 type labNode struct {
@@ -76,6 +78,8 @@ type Lab struct {
 
 	cancel context.CancelFunc
 	done   sync.WaitGroup
+	// leaveEBPF undoes the eBPF dataplane's cgroup and file system.
+	leaveEBPF func()
 }
 
 // StateRoot is where labs keep their state, sockets and logs.
@@ -143,10 +147,21 @@ func Up(ctx context.Context, opt Options) (_ *Lab, err error) {
 		return nil, err
 	}
 
+	ebpf := opt.Dataplane == agent.DataplaneEBPF
+	if ebpf {
+		if l.leaveEBPF, err = l.enterEBPF(); err != nil {
+			return nil, err
+		}
+	}
 	runCtx, cancel := context.WithCancel(context.Background())
 	l.cancel = cancel
 	for _, n := range l.nodes {
+		var cg string
+		if ebpf {
+			cg, _ = cgroupDir(opt.Name)
+		}
 		a, err := agent.New(agent.Config{
+			Dataplane: opt.Dataplane, BPFCgroup: cg, BPFPinDir: filepath.Join(bpfDir(opt.Name), n.name), ScopedSockets: true,
 			NodeName:     n.name,
 			Client:       l.client,
 			NetNS:        n.nsPath,
@@ -306,6 +321,9 @@ func (l *Lab) Close() error {
 			}
 			l.client.CoreV1().Nodes().Delete(ctx, n.name, metav1.DeleteOptions{})
 		}
+	}
+	if l.leaveEBPF != nil {
+		l.leaveEBPF()
 	}
 	return Cleanup(l.opt.Name)
 }

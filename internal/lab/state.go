@@ -66,6 +66,7 @@ func Cleanup(name string) error {
 			errs = append(errs, err)
 		}
 	}
+	cleanupEBPF(name)
 	if err := os.RemoveAll(dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		errs = append(errs, err)
 	}

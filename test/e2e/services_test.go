@@ -8,14 +8,19 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/ti-mo/conntrack"
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/podnet/podnet/internal/agent"
 	"github.com/podnet/podnet/internal/lab"
 	"github.com/podnet/podnet/internal/netns"
 )
@@ -222,8 +227,22 @@ func hostPort(ip string, port int) string {
 
 // TestServices checks every Service semantic the proxy implements with
 // real packets in a dual-stack, three-node lab with podnet as the proxy.
+//
+// It runs once per dataplane: every semantic must hold under both. Under
+// ebpf the test process joins the lab's cgroup, so that its own
+// connections (made from inside the pods' namespaces) go through the
+// socket balancer as the pods' would.
 func TestServices(t *testing.T) {
-	l := &svcLab{labRun: startLab(t, "--nodes", "3", "--dual-stack")}
+	for _, dp := range []string{"nftables", "ebpf"} {
+		t.Run(dp, func(t *testing.T) { testServices(t, dp) })
+	}
+}
+
+func testServices(t *testing.T, dataplane string) {
+	l := &svcLab{labRun: startLab(t, "--nodes", "3", "--dual-stack", "--dataplane", dataplane)}
+	if dataplane == "ebpf" {
+		joinLabCgroup(t, l.name)
+	}
 	l.apply(servicesYAML)
 	l.refresh()
 	waitFor(t, "web answers on its ClusterIP", func() bool {
@@ -256,6 +275,31 @@ func TestServices(t *testing.T) {
 			}
 		}
 	})
+
+	if dataplane == "ebpf" {
+		t.Run("socket-balancer-translates-at-connect", func(t *testing.T) {
+			// The connection leaves the pod already addressed to the
+			// endpoint: the node's conntrack has it with no NAT.
+			who, _, err := call(l.pod("c1"), "TCP", hostPort(l.clusterIP("web"), 80), 40111, time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			flows := conntrackFlows(t, l.node("node1"))
+			found := false
+			for _, f := range flows {
+				if f.srcPort != 40111 {
+					continue
+				}
+				found = true
+				if f.origDst.String() == l.clusterIP("web") || f.nat {
+					t.Errorf("answered by %s, but the flow was translated per packet: %+v", who, f)
+				}
+			}
+			if !found {
+				t.Errorf("no conntrack entry for the connection from c1 (source port 40111): %+v", flows)
+			}
+		})
+	}
 
 	t.Run("load-balancing", func(t *testing.T) {
 		got := answers(l.pod("c3"), "TCP", hostPort(l.clusterIP("web"), 80), 40)
@@ -515,4 +559,62 @@ func waitFor(t *testing.T, what string, ok func() bool) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// joinLabCgroup moves the test process into the cgroup of a lab run with
+// the eBPF dataplane (where its socket balancer is attached), and back
+// out before the lab goes away.
+func joinLabCgroup(t *testing.T, name string) {
+	t.Helper()
+	root, err := agent.CgroupV2Root()
+	if err != nil {
+		t.Fatal(err)
+	}
+	prev := ""
+	b, _ := os.ReadFile("/proc/self/cgroup")
+	for _, line := range strings.Split(string(b), "\n") {
+		if p, ok := strings.CutPrefix(line, "0::"); ok {
+			prev = filepath.Join(root, p)
+		}
+	}
+	pid := []byte(strconv.Itoa(os.Getpid()))
+	if err := os.WriteFile(filepath.Join(root, "pnl-"+name, "cgroup.procs"), pid, 0o644); err != nil {
+		t.Fatalf("join the lab's cgroup: %v", err)
+	}
+	t.Cleanup(func() { os.WriteFile(filepath.Join(prev, "cgroup.procs"), pid, 0o644) })
+}
+
+type ctFlow struct {
+	srcPort uint16
+	origDst netip.Addr
+	nat     bool
+}
+
+// conntrackFlows lists the TCP connections in a namespace's conntrack
+// table.
+func conntrackFlows(t *testing.T, nsPath string) []ctFlow {
+	t.Helper()
+	var out []ctFlow
+	err := netns.Do(nsPath, func() error {
+		c, err := conntrack.Dial(nil)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		flows, err := c.Dump(nil)
+		if err != nil {
+			return err
+		}
+		for _, f := range flows {
+			if f.TupleOrig.Proto.Protocol != 6 {
+				continue
+			}
+			out = append(out, ctFlow{srcPort: f.TupleOrig.Proto.SourcePort, origDst: f.TupleOrig.IP.DestinationAddress, nat: f.Status.DstNAT() || f.Status.SrcNAT()})
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("conntrack: %v", err)
+	}
+	return out
 }

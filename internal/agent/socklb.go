@@ -1,0 +1,173 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"github.com/podnet/podnet/internal/dataplane/ebpf"
+	"github.com/podnet/podnet/internal/netns"
+	"github.com/podnet/podnet/internal/proxy"
+)
+
+// The eBPF dataplane (Config.Dataplane "ebpf") adds the socket-level
+// balancer of bpf/socklb.c in front of the Service rules: a connect() or
+// sendmsg() from a local socket to a ClusterIP is sent straight to a
+// backend, chosen exactly as the rules would choose it. Everything else,
+// and whatever the balancer leaves out (see proxy.SocketBackends), goes
+// through the nftables rules as before, so the two never disagree on
+// which endpoints are usable.
+
+// Dataplanes podnet can program.
+const (
+	DataplaneNftables = "nftables"
+	DataplaneEBPF     = "ebpf"
+)
+
+type sockLB struct {
+	lb *ebpf.SockLB
+
+	mu      sync.Mutex
+	scoped  bool
+	netns   map[string]uint64 // namespaces served, by path (scoped only)
+	perSvc  map[string]map[proxy.Frontend][]netip.AddrPort
+	desired map[proxy.Frontend][]netip.AddrPort
+}
+
+// openSockLB loads and attaches the balancer, or says plainly why this
+// machine cannot run it.
+func openSockLB(cfg Config) (*sockLB, error) {
+	if !cfg.Proxy {
+		return nil, errors.New("the eBPF dataplane balances Services: it needs the service proxy (--proxy)")
+	}
+	cg := cfg.BPFCgroup
+	if cg == "" {
+		root, err := CgroupV2Root()
+		if err != nil {
+			return nil, fmt.Errorf("the eBPF dataplane needs cgroup v2: %w", err)
+		}
+		cg = root
+	}
+	lb, err := ebpf.Open(cg, cfg.BPFPinDir)
+	if err != nil {
+		return nil, fmt.Errorf("the eBPF dataplane cannot run on this kernel or machine (it needs BPF cgroup sock_addr programs, netns cookies and a BPF file system at %s): %w",
+			filepath.Dir(cfg.BPFPinDir), err)
+	}
+	s := &sockLB{lb: lb, scoped: cfg.ScopedSockets, netns: map[string]uint64{}, perSvc: map[string]map[proxy.Frontend][]netip.AddrPort{}}
+	if !s.scoped {
+		err = lb.AllowNetNS(0)
+	} else {
+		err = s.allow(nsPath(cfg.NetNS))
+	}
+	if err != nil {
+		lb.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// removeSockLB takes away what an earlier agent's eBPF dataplane left
+// pinned, when this one runs another dataplane. Removing the pins
+// detaches the programs and frees the maps.
+func removeSockLB(pinDir string) error {
+	if pinDir == "" {
+		return nil
+	}
+	if _, err := os.Stat(pinDir); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	return os.RemoveAll(pinDir)
+}
+
+// allow serves the namespace at path (a lab node's, or one of its pods').
+func (s *sockLB) allow(path string) error {
+	var cookie uint64
+	if err := netns.Do(path, func() (err error) { cookie, err = ebpf.NetNSCookie(); return err }); err != nil {
+		return fmt.Errorf("netns cookie of %s: %w", path, err)
+	}
+	s.mu.Lock()
+	s.netns[path] = cookie
+	s.mu.Unlock()
+	return s.lb.AllowNetNS(cookie)
+}
+
+func (s *sockLB) forget(path string) error {
+	s.mu.Lock()
+	cookie, ok := s.netns[path]
+	delete(s.netns, path)
+	s.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	return s.lb.ForgetNetNS(cookie)
+}
+
+// set records one Service's frontends (nil: the Service is gone).
+func (s *sockLB) set(key string, fs map[proxy.Frontend][]netip.AddrPort) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(fs) == 0 {
+		delete(s.perSvc, key)
+	} else {
+		s.perSvc[key] = fs
+	}
+	s.desired = nil
+}
+
+// sync writes the recorded frontends to the maps.
+func (s *sockLB) sync() (ebpf.Stats, error) {
+	s.mu.Lock()
+	if s.desired == nil {
+		s.desired = map[proxy.Frontend][]netip.AddrPort{}
+		for _, fs := range s.perSvc {
+			for f, bs := range fs {
+				s.desired[f] = bs
+			}
+		}
+	}
+	d := s.desired
+	s.mu.Unlock()
+	return s.lb.Sync(d)
+}
+
+func (s *sockLB) close() {
+	if s != nil {
+		s.lb.Close()
+	}
+}
+
+// CgroupV2Root finds where the cgroup v2 hierarchy is mounted.
+func CgroupV2Root() (string, error) {
+	b, err := os.ReadFile("/proc/mounts")
+	if err != nil {
+		return "", err
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) > 2 && f[2] == "cgroup2" {
+			return f[1], nil
+		}
+	}
+	return "", errors.New("no cgroup2 file system is mounted")
+}
+
+// AllowSocketNetNS makes the eBPF balancer serve sockets in the network
+// namespace at path. Only a scoped agent (the lab, where every node lives
+// in one process) needs it; elsewhere the balancer serves the machine.
+func (a *Agent) AllowSocketNetNS(path string) error {
+	if a.sock == nil || !a.sock.scoped {
+		return nil
+	}
+	return a.sock.allow(path)
+}
+
+// ForgetSocketNetNS undoes AllowSocketNetNS.
+func (a *Agent) ForgetSocketNetNS(path string) error {
+	if a.sock == nil || !a.sock.scoped {
+		return nil
+	}
+	return a.sock.forget(path)
+}
