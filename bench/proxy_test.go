@@ -26,6 +26,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/podnet/podnet/internal/agent"
 	"github.com/podnet/podnet/internal/netns"
 	"github.com/podnet/podnet/internal/testenv"
 )
@@ -69,11 +70,15 @@ func BenchmarkProxy(b *testing.B) {
 		pb.makeNode(n)
 	}
 	var out strings.Builder
-	fmt.Fprintf(&out, "## Service proxy: podnet vs kube-proxy (nftables mode)\n\n`go test ./bench -run '^$' -bench Proxy -benchtime 1x -timeout 60m`\n\n")
+	sizeList := make([]string, len(sizes))
+	for i, n := range sizes {
+		sizeList[i] = strconv.Itoa(n)
+	}
+	fmt.Fprintf(&out, "## Service proxy: podnet vs kube-proxy (nftables mode)\n\n`PODNET_BENCH_PROXY_SIZES=%s PODNET_BENCH_PROXY_RUNS=%d go test ./bench -run '^$' -bench Proxy -benchtime 1x -timeout 80m`\n\n", strings.Join(sizeList, ","), runs)
 	fmt.Fprintf(&out, "One real kube-apiserver; each proxy runs alone in a fresh node namespace, one after the other; every Service has 10 ready endpoints. Full sync: process start until the first sync of every Service is in the kernel (podnet: /readyz; kube-proxy: its first `sync_proxy_rules` observation). Peak memory: the proxy process's VmHWM (the `nft` children are not counted for either). Add one: from the API create until a TCP connect to the new ClusterIP succeeds (podnet's 50 ms and kube-proxy's 1 s minimum sync intervals, both defaults, included). Medians of %d runs. kube-proxy v1.37.2, from the same module as the apiserver.\n\n", runs)
 	fmt.Fprintln(&out, "| Services | podnet full sync | kube-proxy full sync | speed-up | podnet peak RSS | kube-proxy peak RSS | memory ratio | podnet add one | kube-proxy add one | speed-up |")
 	fmt.Fprintln(&out, "|---|---|---|---|---|---|---|---|---|---|")
-	var latency string
+	var latency, ebpfRow string
 	have := 0
 	for _, n := range sizes {
 		pb.grow(have, n)
@@ -94,6 +99,14 @@ func BenchmarkProxy(b *testing.B) {
 				b.Logf("%d services, %s run %d: sync %s, peak %.0f MiB, add %s", n, p, r, res.sync.Round(time.Millisecond), res.peakMiB, res.add.Round(time.Millisecond))
 			}
 		}
+		if n == latencyAt(sizes) && os.Getenv("PODNET_BENCH_EBPF") != "0" {
+			// podnet's eBPF dataplane: the socket balancer in front of
+			// the same rules.
+			res := pb.run("podnet", "ebpf", "ebpf", true, true)
+			latency += res.latency
+			ebpfRow = fmt.Sprintf("| %d | %s | %.0f MiB | %s |\n", n, fmtMS(ms(res.sync)), res.peakMiB, fmtMS(ms(res.add)))
+			b.Logf("%d services, podnet ebpf: sync %s, peak %.0f MiB, add %s", n, res.sync.Round(time.Millisecond), res.peakMiB, res.add.Round(time.Millisecond))
+		}
 		if n == latencyAt(sizes) {
 			// iptables mode, the O(n) reference for first-packet latency.
 			ipt := pb.run("kube-proxy", "iptables", "ipt", false, true)
@@ -113,6 +126,9 @@ func BenchmarkProxy(b *testing.B) {
 		fmt.Fprintf(&out, "| %d | %s | %s | %.1f× | %.0f MiB | %.0f MiB | %.2f | %s | %s | %s |\n", n,
 			fmtMS(median(pnSync)), fmtMS(median(kpSync)), median(kpSync)/median(pnSync),
 			median(pnMem), median(kpMem), median(pnMem)/median(kpMem), add(pnAdd), add(kpAdd), addRatio)
+	}
+	if ebpfRow != "" {
+		fmt.Fprintf(&out, "\n### podnet with --dataplane=ebpf (one run)\n\nThe socket-level balancer (docs/ebpf.md) programmed in the same transaction loop, after the nftables rules it sits in front of.\n\n| Services | full sync | peak RSS | add one |\n|---|---|---|---|\n%s", ebpfRow)
 	}
 	if latency != "" {
 		fmt.Fprintf(&out, "\nTargets: podnet at least 5× faster than kube-proxy nftables on the full sync and the add-one, with less memory.\n")
@@ -382,6 +398,14 @@ func (pb *proxyBench) run(proxy, mode, tag string, addOne, latency bool) proxyRe
 		cmd = exec.Command(pb.podnet, "agent", "--kubeconfig", pb.api.Kubeconfig, "--node-name", "bench-pn", "--mode", "direct",
 			"--netns", ns, "--proxy", "--cluster-cidr", "10.244.0.0/16", "--cni-conf-dir", filepath.Join(dir, "net.d"),
 			"--cni-data-dir", filepath.Join(dir, "data"), "--health-addr", health)
+		if mode == "ebpf" {
+			// The balancer attaches to a throwaway cgroup that this
+			// process joins for the run (its probes are the clients),
+			// and serves only the node namespace.
+			cg, pins, leave := ebpfSandbox(b)
+			defer leave()
+			cmd.Args = append(cmd.Args, "--dataplane", "ebpf", "--bpf-cgroup", cg, "--bpf-scoped", "--bpf-pin-dir", pins)
+		}
 		synced = func() bool {
 			resp, err := http.Get("http://" + health + "/readyz")
 			if err != nil {
@@ -557,4 +581,39 @@ func freeLocalAddr(b *testing.B) string {
 	}
 	defer ln.Close()
 	return ln.Addr().String()
+}
+
+// ebpfSandbox makes a throwaway cgroup v2 group and a private BPF file
+// system for an eBPF-dataplane run, and moves this process into the
+// group so that its probes are the balancer's clients; leave undoes it
+// all once the agent has stopped.
+func ebpfSandbox(b *testing.B) (cgroup, pins string, leave func()) {
+	root, err := agent.CgroupV2Root()
+	if err != nil {
+		b.Fatal(err)
+	}
+	prev := ""
+	own, _ := os.ReadFile("/proc/self/cgroup")
+	for _, line := range strings.Split(string(own), "\n") {
+		if p, ok := strings.CutPrefix(line, "0::"); ok {
+			prev = filepath.Join(root, p)
+		}
+	}
+	cgroup = filepath.Join(root, "pnt-bench-"+testenv.Unique())
+	if err := os.Mkdir(cgroup, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	pid := []byte(strconv.Itoa(os.Getpid()))
+	if err := os.WriteFile(filepath.Join(cgroup, "cgroup.procs"), pid, 0o644); err != nil {
+		b.Fatal(err)
+	}
+	fsDir := b.TempDir()
+	if err := syscall.Mount("bpf", fsDir, "bpf", 0, "mode=0700"); err != nil {
+		b.Fatal(err)
+	}
+	return cgroup, filepath.Join(fsDir, "podnet"), func() {
+		os.WriteFile(filepath.Join(prev, "cgroup.procs"), pid, 0o644)
+		syscall.Unmount(fsDir, syscall.MNT_DETACH)
+		os.Remove(cgroup)
+	}
 }

@@ -68,6 +68,11 @@ type agentConfig struct {
 	// eBPF dataplane pins its maps and links (a BPF file system).
 	Dataplane string `json:"dataplane"`
 	BPFPinDir string `json:"bpfPinDir"`
+	// BPFCgroup is the cgroup v2 directory the eBPF balancer attaches
+	// to (default: the root); BPFScoped limits it to the node's own
+	// namespace (benchmarks and labs that share one machine).
+	BPFCgroup string `json:"bpfCgroup"`
+	BPFScoped bool   `json:"bpfScoped"`
 }
 
 func defaultAgentConfig() agentConfig {
@@ -152,6 +157,8 @@ func agentCmd() *cobra.Command {
 	f.IntVar(&c.FlowLogKeep, "flow-log-keep", c.FlowLogKeep, "rotated flow logs to keep")
 	f.StringVar(&c.Dataplane, "dataplane", c.Dataplane, "nftables, or ebpf (adds the socket-level Service balancer; needs --proxy, cgroup v2 and a BPF file system)")
 	f.StringVar(&c.BPFPinDir, "bpf-pin-dir", c.BPFPinDir, "where the eBPF dataplane pins its maps and links")
+	f.StringVar(&c.BPFCgroup, "bpf-cgroup", "", "cgroup v2 directory the eBPF balancer attaches to (default: the hierarchy's root)")
+	f.BoolVar(&c.BPFScoped, "bpf-scoped", false, "balance only sockets in the node's own network namespace (for several nodes on one machine)")
 	return cmd
 }
 
@@ -245,7 +252,7 @@ func runAgent(c agentConfig) error {
 		Proxy: c.Proxy, ProxyMinSyncInterval: minSync, ProxyFullSyncPeriod: fullSync,
 		Policy: c.Policy, NflogGroup: c.NflogGroup,
 		FlowLog: c.FlowLog, FlowLogMaxBytes: int64(c.FlowLogMaxMB) << 20, FlowLogKeep: c.FlowLogKeep,
-		Dataplane: c.Dataplane, BPFPinDir: c.BPFPinDir,
+		Dataplane: c.Dataplane, BPFPinDir: c.BPFPinDir, BPFCgroup: c.BPFCgroup, ScopedSockets: c.BPFScoped,
 	})
 	if err != nil {
 		return err

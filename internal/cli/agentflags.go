@@ -78,5 +78,9 @@ func applyFlag(cfg, flags *agentConfig, name, clusterCIDRs, serviceCIDRs, chain 
 		cfg.Dataplane = flags.Dataplane
 	case "bpf-pin-dir":
 		cfg.BPFPinDir = flags.BPFPinDir
+	case "bpf-cgroup":
+		cfg.BPFCgroup = flags.BPFCgroup
+	case "bpf-scoped":
+		cfg.BPFScoped = flags.BPFScoped
 	}
 }
