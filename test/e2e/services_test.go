@@ -239,6 +239,11 @@ func TestServices(t *testing.T) {
 }
 
 func testServices(t *testing.T, dataplane string) {
+	if dataplane == "ebpf" {
+		if _, err := agent.CgroupV2Root(); err != nil {
+			t.Skipf("skipped: the eBPF dataplane needs cgroup v2: %v", err)
+		}
+	}
 	l := &svcLab{labRun: startLab(t, "--nodes", "3", "--dual-stack", "--dataplane", dataplane)}
 	if dataplane == "ebpf" {
 		joinLabCgroup(t, l.name)
