@@ -71,6 +71,11 @@ type Config struct {
 	FlowLog         string
 	FlowLogMaxBytes int64
 	FlowLogKeep     int
+	// NoConntrackFlows turns off the forwarded-flow records that come
+	// from conntrack events. Listening for them costs every new
+	// connection through the node about 100 µs of connect time on a
+	// 2-CPU machine (bench/RESULTS.md); drops are still recorded.
+	NoConntrackFlows bool
 	// Dataplane is DataplaneNftables (the default) or DataplaneEBPF, which
 	// adds the socket-level Service balancer (see socklb.go). BPFCgroup is
 	// the cgroup v2 directory it attaches to (default: the hierarchy's
@@ -258,7 +263,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.names != nil {
 		go a.names.pods.Run(ctx.Done())
 		go a.watchNflog(ctx)
-		go a.watchConntrack(ctx)
+		if !a.cfg.NoConntrackFlows {
+			go a.watchConntrack(ctx)
+		}
 	}
 	if a.flowLog != nil {
 		defer a.flowLog.Close()

@@ -66,8 +66,10 @@ type agentConfig struct {
 	FlowLogKeep  int    `json:"flowLogKeep"`
 	// Dataplane is nftables (default) or ebpf; BPFPinDir is where the
 	// eBPF dataplane pins its maps and links (a BPF file system).
-	Dataplane string `json:"dataplane"`
-	BPFPinDir string `json:"bpfPinDir"`
+	// FlowEvents records forwarded flows from conntrack events.
+	FlowEvents bool   `json:"flowEvents"`
+	Dataplane  string `json:"dataplane"`
+	BPFPinDir  string `json:"bpfPinDir"`
 	// BPFCgroup is the cgroup v2 directory the eBPF balancer attaches
 	// to (default: the root); BPFScoped limits it to the node's own
 	// namespace (benchmarks and labs that share one machine).
@@ -82,7 +84,7 @@ func defaultAgentConfig() agentConfig {
 		CNIConfDir: "/etc/cni/net.d", CNIDataDir: cni.DefaultDataDir, CNIChain: []string{"portmap"},
 		HealthAddr: "0.0.0.0:9941", ResyncPeriod: "30s",
 		ProxyMinSyncInterval: "50ms", ProxyFullSyncPeriod: "5m", NflogGroup: 100,
-		FlowLogMaxMB: 100, FlowLogKeep: 3, Dataplane: "nftables", BPFPinDir: "/sys/fs/bpf/podnet",
+		FlowLogMaxMB: 100, FlowLogKeep: 3, Dataplane: "nftables", BPFPinDir: "/sys/fs/bpf/podnet", FlowEvents: true,
 	}
 }
 
@@ -155,6 +157,7 @@ func agentCmd() *cobra.Command {
 	f.StringVar(&c.FlowLog, "flow-log", "", "append flows to this file as JSON lines (empty: off)")
 	f.IntVar(&c.FlowLogMaxMB, "flow-log-max-mb", c.FlowLogMaxMB, "rotate the flow log at this size")
 	f.IntVar(&c.FlowLogKeep, "flow-log-keep", c.FlowLogKeep, "rotated flow logs to keep")
+	f.BoolVar(&c.FlowEvents, "flow-events", c.FlowEvents, "record forwarded flows from conntrack events (costs each new connection some connect time; drops are recorded either way)")
 	f.StringVar(&c.Dataplane, "dataplane", c.Dataplane, "nftables, or ebpf (adds the socket-level Service balancer; needs --proxy, cgroup v2 and a BPF file system)")
 	f.StringVar(&c.BPFPinDir, "bpf-pin-dir", c.BPFPinDir, "where the eBPF dataplane pins its maps and links")
 	f.StringVar(&c.BPFCgroup, "bpf-cgroup", "", "cgroup v2 directory the eBPF balancer attaches to (default: the hierarchy's root)")
@@ -252,7 +255,8 @@ func runAgent(c agentConfig) error {
 		Proxy: c.Proxy, ProxyMinSyncInterval: minSync, ProxyFullSyncPeriod: fullSync,
 		Policy: c.Policy, NflogGroup: c.NflogGroup,
 		FlowLog: c.FlowLog, FlowLogMaxBytes: int64(c.FlowLogMaxMB) << 20, FlowLogKeep: c.FlowLogKeep,
-		Dataplane: c.Dataplane, BPFPinDir: c.BPFPinDir, BPFCgroup: c.BPFCgroup, ScopedSockets: c.BPFScoped,
+		NoConntrackFlows: !c.FlowEvents,
+		Dataplane:        c.Dataplane, BPFPinDir: c.BPFPinDir, BPFCgroup: c.BPFCgroup, ScopedSockets: c.BPFScoped,
 	})
 	if err != nil {
 		return err

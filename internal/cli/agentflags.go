@@ -74,6 +74,8 @@ func applyFlag(cfg, flags *agentConfig, name, clusterCIDRs, serviceCIDRs, chain 
 		cfg.FlowLogMaxMB = flags.FlowLogMaxMB
 	case "flow-log-keep":
 		cfg.FlowLogKeep = flags.FlowLogKeep
+	case "flow-events":
+		cfg.FlowEvents = flags.FlowEvents
 	case "dataplane":
 		cfg.Dataplane = flags.Dataplane
 	case "bpf-pin-dir":
