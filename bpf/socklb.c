@@ -34,8 +34,10 @@ struct svc_key {
 };
 
 struct svc_val {
-	__u32 id;    // the Service port's backends are (id, 0..count-1)
-	__u32 count; // 0: the Service has no usable backend
+	__u32 id;       // the Service port's backends are (id, 0..count-1)
+	__u32 count;    // 0: the Service has no usable backend
+	__u32 affinity; // sessionAffinity ClientIP timeout in seconds, 0: none
+	__u32 pad;
 };
 
 struct backend_key {
@@ -82,6 +84,30 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } podnet_backends SEC(".maps");
 
+// Session affinity: the backend a client last had, per Service port. The
+// client is its network namespace (a pod, or the node itself), which is
+// what a pod's address stands for in kube-proxy's ClientIP affinity.
+struct aff_key {
+	__u64 netns;
+	__u32 id;
+	__u32 pad;
+};
+
+struct aff_val {
+	__u64 last; // bpf_ktime_get_ns of the client's last connection
+	__u32 index;
+	__u32 pad;
+	struct backend_val backend; // to notice the backend at index changed
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct aff_key);
+	__type(value, struct aff_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} podnet_affinity SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 262144);
@@ -109,13 +135,41 @@ static __always_inline int mine(void *ctx)
 // pick finds the Service at key and chooses one of its backends. It
 // returns 0 when the address is not a Service (or has no backend: the
 // connection then goes on unchanged and the nftables rules reject it).
-static __always_inline struct backend_val *pick(struct svc_key *key)
+static __always_inline int same_backend(struct backend_val *a, struct backend_val *b)
+{
+	return a->addr[0] == b->addr[0] && a->addr[1] == b->addr[1] && a->addr[2] == b->addr[2] &&
+	       a->addr[3] == b->addr[3] && a->port == b->port;
+}
+
+static __always_inline struct backend_val *pick(void *ctx, struct svc_key *key)
 {
 	struct svc_val *svc = bpf_map_lookup_elem(&podnet_services, key);
 	if (!svc || svc->count == 0)
 		return 0;
-	struct backend_key bk = {.id = svc->id, .index = bpf_get_prandom_u32() % svc->count};
-	return bpf_map_lookup_elem(&podnet_backends, &bk);
+	struct backend_key bk = {.id = svc->id};
+	if (!svc->affinity) {
+		bk.index = bpf_get_prandom_u32() % svc->count;
+		return bpf_map_lookup_elem(&podnet_backends, &bk);
+	}
+	struct aff_key ak = {.netns = bpf_get_netns_cookie(ctx), .id = svc->id};
+	__u64 now = bpf_ktime_get_ns();
+	struct aff_val *av = bpf_map_lookup_elem(&podnet_affinity, &ak);
+	if (av && now - av->last < (__u64)svc->affinity * 1000000000ULL && av->index < svc->count) {
+		bk.index = av->index;
+		struct backend_val *be = bpf_map_lookup_elem(&podnet_backends, &bk);
+		if (be && same_backend(be, &av->backend)) {
+			av->last = now;
+			return be;
+		}
+	}
+	bk.index = bpf_get_prandom_u32() % svc->count;
+	struct backend_val *be = bpf_map_lookup_elem(&podnet_backends, &bk);
+	if (!be)
+		return 0;
+	struct aff_val nv = {.last = now, .index = bk.index};
+	__builtin_memcpy(&nv.backend, be, sizeof(nv.backend));
+	bpf_map_update_elem(&podnet_affinity, &ak, &nv, BPF_ANY);
+	return be;
 }
 
 static __always_inline void key4(struct svc_key *k, __u32 addr, __u32 port, __u8 proto)
@@ -159,7 +213,7 @@ static __always_inline int translate4(struct bpf_sock_addr *ctx, int rev)
 		return 1;
 	struct svc_key k = {};
 	key4(&k, ctx->user_ip4, ctx->user_port, proto);
-	struct backend_val *be = pick(&k);
+	struct backend_val *be = pick(ctx, &k);
 	if (!be)
 		return 1;
 	if (rev)
@@ -176,7 +230,7 @@ static __always_inline int translate6(struct bpf_sock_addr *ctx, int rev)
 		return 1;
 	struct svc_key k = {};
 	key6(&k, ctx, proto);
-	struct backend_val *be = pick(&k);
+	struct backend_val *be = pick(ctx, &k);
 	if (!be)
 		return 1;
 	if (rev)

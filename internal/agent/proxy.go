@@ -270,7 +270,7 @@ func (p *svcProxy) sync(ctx context.Context) error {
 	}
 	changes := map[string]*proxy.Fragment{}
 	nextUse := map[string]udpUse{}
-	socks := map[string]map[proxy.Frontend][]netip.AddrPort{}
+	socks := map[string]map[proxy.Frontend]proxy.SocketTarget{}
 	for key := range dirty {
 		frag, use, hc, sock := p.render(self, key)
 		changes[key] = frag
@@ -364,7 +364,7 @@ func (p *svcProxy) sync(ctx context.Context) error {
 
 // render computes one Service's fragment (nil: nothing to program), the
 // UDP endpoints and addresses it serves, and its health check.
-func (p *svcProxy) render(self proxy.Self, key string) (*proxy.Fragment, udpUse, healthCheck, map[proxy.Frontend][]netip.AddrPort) {
+func (p *svcProxy) render(self proxy.Self, key string) (*proxy.Fragment, udpUse, healthCheck, map[proxy.Frontend]proxy.SocketTarget) {
 	log := p.a.cfg.Log
 	obj, exists, err := p.services.GetIndexer().GetByKey(key)
 	if err != nil || !exists {
@@ -391,7 +391,7 @@ func (p *svcProxy) render(self proxy.Self, key string) (*proxy.Fragment, udpUse,
 	if svc.ExternalLocal && svc.HealthCheckNodePort != 0 {
 		hc = healthCheck{port: svc.HealthCheckNodePort, name: svc.ServiceName, local: info.LocalEndpoints}
 	}
-	var sock map[proxy.Frontend][]netip.AddrPort
+	var sock map[proxy.Frontend]proxy.SocketTarget
 	if p.a.sock != nil {
 		sock = proxy.SocketBackends(self, svc, eps)
 	}

@@ -3,7 +3,6 @@ package agent
 import (
 	"errors"
 	"fmt"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -34,8 +33,8 @@ type sockLB struct {
 	mu      sync.Mutex
 	scoped  bool
 	netns   map[string]uint64 // namespaces served, by path (scoped only)
-	perSvc  map[string]map[proxy.Frontend][]netip.AddrPort
-	desired map[proxy.Frontend][]netip.AddrPort
+	perSvc  map[string]map[proxy.Frontend]proxy.SocketTarget
+	desired map[proxy.Frontend]proxy.SocketTarget
 }
 
 // openSockLB loads and attaches the balancer, or says plainly why this
@@ -57,7 +56,7 @@ func openSockLB(cfg Config) (*sockLB, error) {
 		return nil, fmt.Errorf("the eBPF dataplane cannot run on this kernel or machine (it needs BPF cgroup sock_addr programs, netns cookies and a BPF file system at %s): %w",
 			filepath.Dir(cfg.BPFPinDir), err)
 	}
-	s := &sockLB{lb: lb, scoped: cfg.ScopedSockets, netns: map[string]uint64{}, perSvc: map[string]map[proxy.Frontend][]netip.AddrPort{}}
+	s := &sockLB{lb: lb, scoped: cfg.ScopedSockets, netns: map[string]uint64{}, perSvc: map[string]map[proxy.Frontend]proxy.SocketTarget{}}
 	if !s.scoped {
 		err = lb.AllowNetNS(0)
 	} else {
@@ -107,7 +106,7 @@ func (s *sockLB) forget(path string) error {
 }
 
 // set records one Service's frontends (nil: the Service is gone).
-func (s *sockLB) set(key string, fs map[proxy.Frontend][]netip.AddrPort) {
+func (s *sockLB) set(key string, fs map[proxy.Frontend]proxy.SocketTarget) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(fs) == 0 {
@@ -122,7 +121,7 @@ func (s *sockLB) set(key string, fs map[proxy.Frontend][]netip.AddrPort) {
 func (s *sockLB) sync() (ebpf.Stats, error) {
 	s.mu.Lock()
 	if s.desired == nil {
-		s.desired = map[proxy.Frontend][]netip.AddrPort{}
+		s.desired = map[proxy.Frontend]proxy.SocketTarget{}
 		for _, fs := range s.perSvc {
 			for f, bs := range fs {
 				s.desired[f] = bs

@@ -251,25 +251,25 @@ func TestSocketBackendsFollowTheRules(t *testing.T) {
 	eps := map[model.PortKey][]model.Endpoint{k: {ep("10.244.1.5", 8080, "n1"), ep("10.244.2.5", 8080, "n2"), terminating}}
 	vip := Frontend{Addr: netip.MustParseAddr("10.96.0.10"), Port: 80, Protocol: model.TCP}
 	got := SocketBackends(self, s, eps)
-	if len(got) != 1 || len(got[vip]) != 2 {
+	if len(got) != 1 || len(got[vip].Backends) != 2 || got[vip].Affinity != 0 {
 		t.Fatalf("ready endpoints: %v", got)
 	}
 	// Only terminating ones left: they are used, as the rules do.
-	if got := SocketBackends(self, s, map[model.PortKey][]model.Endpoint{k: {terminating}}); len(got[vip]) != 1 {
+	if got := SocketBackends(self, s, map[model.PortKey][]model.Endpoint{k: {terminating}}); len(got[vip].Backends) != 1 {
 		t.Errorf("terminating fallback: %v", got)
 	}
 	// internalTrafficPolicy: Local keeps this node's endpoints only, and
 	// leaves the port to the rules (which drop) when there are none.
 	local := svc("web", func(s *model.Service) { s.InternalLocal = true })
-	if got := SocketBackends(self, local, eps); len(got[vip]) != 1 || got[vip][0].Addr().String() != "10.244.1.5" {
+	if got := SocketBackends(self, local, eps); len(got[vip].Backends) != 1 || got[vip].Backends[0].Addr().String() != "10.244.1.5" {
 		t.Errorf("internal Local: %v", got)
 	}
 	if got := SocketBackends(self, local, map[model.PortKey][]model.Endpoint{k: {ep("10.244.2.5", 8080, "n2")}}); len(got) != 0 {
 		t.Errorf("internal Local without a local endpoint: %v", got)
 	}
-	// Affinity and no endpoints stay with the nftables rules.
+	// Affinity goes with its timeout; no endpoints stay with the rules.
 	aff := svc("web", func(s *model.Service) { s.Affinity = time.Minute })
-	if got := SocketBackends(self, aff, eps); len(got) != 0 {
+	if got := SocketBackends(self, aff, eps); got[vip].Affinity != time.Minute {
 		t.Errorf("session affinity: %v", got)
 	}
 	if got := SocketBackends(self, s, nil); len(got) != 0 {

@@ -23,7 +23,9 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
+	"time"
 
 	cebpf "github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -49,8 +51,8 @@ type SockLB struct {
 }
 
 type entry struct {
-	id       uint32
-	backends []netip.AddrPort
+	id uint32
+	proxy.SocketTarget
 }
 
 // attachments are the programs and where they attach, with the names of
@@ -86,7 +88,20 @@ func Open(cgroupPath, pinDir string) (*SockLB, error) {
 		return nil, fmt.Errorf("pin directory: %w", err)
 	}
 	l := &SockLB{pinDir: pinDir, committed: map[Frontend]entry{}, used: map[uint32]bool{}}
-	err := loadSocklbObjects(&l.objs, &cebpf.CollectionOptions{Maps: cebpf.MapOptions{PinPath: pinDir}})
+	opts := &cebpf.CollectionOptions{Maps: cebpf.MapOptions{PinPath: pinDir}}
+	err := loadSocklbObjects(&l.objs, opts)
+	if errors.Is(err, cebpf.ErrMapIncompatible) {
+		// Pins of an older layout: start afresh. Until the maps are
+		// filled again the nftables rules serve every Service, so
+		// nothing is disrupted.
+		if err := os.RemoveAll(pinDir); err != nil {
+			return nil, fmt.Errorf("remove incompatible pins: %w", err)
+		}
+		if err := os.MkdirAll(pinDir, 0o700); err != nil {
+			return nil, err
+		}
+		err = loadSocklbObjects(&l.objs, opts)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("load socket load balancer: %w", err)
 	}
@@ -128,13 +143,13 @@ func (l *SockLB) readBack() error {
 	it := l.objs.PodnetServices.Iterate()
 	for it.Next(&k, &v) {
 		f := Frontend{Addr: fromWords(k.Addr), Port: netOrder(k.Port), Protocol: protoName(k.Proto)}
-		e := entry{id: v.Id}
+		e := entry{id: v.Id, SocketTarget: proxy.SocketTarget{Affinity: time.Duration(v.Affinity) * time.Second}}
 		for i := range v.Count {
 			var b socklbBackendVal
 			if err := l.objs.PodnetBackends.Lookup(socklbBackendKey{Id: v.Id, Index: i}, &b); err != nil {
 				break
 			}
-			e.backends = append(e.backends, netip.AddrPortFrom(fromWords(b.Addr), netOrder(b.Port)))
+			e.Backends = append(e.Backends, netip.AddrPortFrom(fromWords(b.Addr), netOrder(b.Port)))
 		}
 		l.committed[f] = e
 		l.used[v.Id] = true
@@ -164,7 +179,7 @@ func (l *SockLB) Remove() error {
 			errs = append(errs, lk.Unpin(), lk.Close())
 		}
 	}
-	for _, m := range []*cebpf.Map{l.objs.PodnetServices, l.objs.PodnetBackends, l.objs.PodnetUdpRev, l.objs.PodnetNetns} {
+	for _, m := range []*cebpf.Map{l.objs.PodnetServices, l.objs.PodnetBackends, l.objs.PodnetUdpRev, l.objs.PodnetNetns, l.objs.PodnetAffinity} {
 		if m != nil && m.IsPinned() {
 			errs = append(errs, m.Unpin())
 		}
@@ -210,19 +225,20 @@ type Stats struct {
 // Changes are ordered so that a connect racing with them always finds a
 // valid backend: new backends are written before the count that exposes
 // them, and a shrunk count before the backends it hides are deleted.
-func (l *SockLB) Sync(desired map[Frontend][]netip.AddrPort) (Stats, error) {
+func (l *SockLB) Sync(desired map[Frontend]proxy.SocketTarget) (Stats, error) {
 	st := Stats{}
 	keys := make([]Frontend, 0, len(desired))
-	for f, bs := range desired {
-		if len(bs) > 0 {
+	for f, t := range desired {
+		if len(t.Backends) > 0 {
 			keys = append(keys, f)
 		}
 	}
 	sort.Slice(keys, func(i, j int) bool { return keys[i].String() < keys[j].String() })
 	for _, f := range keys {
-		bs := desired[f]
+		t := desired[f]
+		bs := t.Backends
 		old, had := l.committed[f]
-		if had && slicesEqual(old.backends, bs) {
+		if had && old.Affinity == t.Affinity && slices.Equal(old.Backends, bs) {
 			st.Frontends++
 			st.Backends += len(bs)
 			continue
@@ -232,35 +248,37 @@ func (l *SockLB) Sync(desired map[Frontend][]netip.AddrPort) (Stats, error) {
 			e.id = l.newID()
 		}
 		for i, b := range bs {
-			if i < len(old.backends) && old.backends[i] == b {
+			if i < len(old.Backends) && old.Backends[i] == b {
 				continue
 			}
 			if err := l.objs.PodnetBackends.Update(socklbBackendKey{Id: e.id, Index: uint32(i)}, backendVal(b), cebpf.UpdateAny); err != nil {
 				return st, fmt.Errorf("backend %d of %s: %w", i, f, err)
 			}
 		}
-		if err := l.objs.PodnetServices.Update(svcKey(f), socklbSvcVal{Id: e.id, Count: uint32(len(bs))}, cebpf.UpdateAny); err != nil {
+		val := socklbSvcVal{Id: e.id, Count: uint32(len(bs)), Affinity: uint32(t.Affinity / time.Second)}
+		if err := l.objs.PodnetServices.Update(svcKey(f), val, cebpf.UpdateAny); err != nil {
 			return st, fmt.Errorf("service %s: %w", f, err)
 		}
-		for i := len(bs); i < len(old.backends); i++ {
+		for i := len(bs); i < len(old.Backends); i++ {
 			if err := l.deleteBackend(e.id, i); err != nil {
 				return st, err
 			}
 		}
-		e.backends = append([]netip.AddrPort(nil), bs...)
+		e.Backends = slices.Clone(bs)
+		e.Affinity = t.Affinity
 		l.committed[f] = e
 		st.Changed++
 		st.Frontends++
 		st.Backends += len(bs)
 	}
 	for f, e := range l.committed {
-		if len(desired[f]) > 0 {
+		if len(desired[f].Backends) > 0 {
 			continue
 		}
 		if err := l.objs.PodnetServices.Delete(svcKey(f)); err != nil && !errors.Is(err, cebpf.ErrKeyNotExist) {
 			return st, fmt.Errorf("service %s: %w", f, err)
 		}
-		for i := range e.backends {
+		for i := range e.Backends {
 			if err := l.deleteBackend(e.id, i); err != nil {
 				return st, err
 			}
@@ -288,18 +306,6 @@ func (l *SockLB) newID() uint32 {
 	l.used[id] = true
 	l.next++
 	return id
-}
-
-func slicesEqual(a, b []netip.AddrPort) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // words is an address as the program stores it: IPv6, or IPv4-mapped,

@@ -13,6 +13,22 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type socklbAffKey struct {
+	_     structs.HostLayout
+	Netns uint64
+	Id    uint32
+	Pad   uint32
+}
+
+type socklbAffVal struct {
+	_       structs.HostLayout
+	Last    uint64
+	Index   uint32
+	Pad     uint32
+	Backend socklbBackendVal
+	_       [4]byte
+}
+
 type socklbBackendKey struct {
 	_     structs.HostLayout
 	Id    uint32
@@ -51,15 +67,18 @@ type socklbSvcKey struct {
 }
 
 type socklbSvcVal struct {
-	_     structs.HostLayout
-	Id    uint32
-	Count uint32
+	_        structs.HostLayout
+	Id       uint32
+	Count    uint32
+	Affinity uint32
+	Pad      uint32
 }
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	socklbMapPodnetAffinity      = "podnet_affinity"
 	socklbMapPodnetBackends      = "podnet_backends"
 	socklbMapPodnetNetns         = "podnet_netns"
 	socklbMapPodnetServices      = "podnet_services"
@@ -130,6 +149,7 @@ type socklbProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type socklbMapSpecs struct {
+	PodnetAffinity *ebpf.MapSpec `ebpf:"podnet_affinity"`
 	PodnetBackends *ebpf.MapSpec `ebpf:"podnet_backends"`
 	PodnetNetns    *ebpf.MapSpec `ebpf:"podnet_netns"`
 	PodnetServices *ebpf.MapSpec `ebpf:"podnet_services"`
@@ -162,6 +182,7 @@ func (o *socklbObjects) Close() error {
 //
 // It can be passed to loadSocklbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type socklbMaps struct {
+	PodnetAffinity *ebpf.Map `ebpf:"podnet_affinity"`
 	PodnetBackends *ebpf.Map `ebpf:"podnet_backends"`
 	PodnetNetns    *ebpf.Map `ebpf:"podnet_netns"`
 	PodnetServices *ebpf.Map `ebpf:"podnet_services"`
@@ -170,6 +191,7 @@ type socklbMaps struct {
 
 func (m *socklbMaps) Close() error {
 	return _SocklbClose(
+		m.PodnetAffinity,
 		m.PodnetBackends,
 		m.PodnetNetns,
 		m.PodnetServices,

@@ -18,6 +18,7 @@ import (
 
 	"github.com/podnet/podnet/internal/model"
 	"github.com/podnet/podnet/internal/netns"
+	"github.com/podnet/podnet/internal/proxy"
 	"github.com/podnet/podnet/internal/testenv"
 )
 
@@ -208,10 +209,13 @@ func TestSocketLoadBalancer(t *testing.T) {
 	tcpVIP := Frontend{Addr: netip.MustParseAddr("10.96.0.10"), Port: 80, Protocol: model.TCP}
 	udpVIP := Frontend{Addr: netip.MustParseAddr("10.96.0.11"), Port: 53, Protocol: model.UDP}
 	v6VIP := Frontend{Addr: netip.MustParseAddr("fd00:96::10"), Port: 80, Protocol: model.TCP}
-	desired := map[Frontend][]netip.AddrPort{
-		tcpVIP: {netip.MustParseAddrPort("127.0.0.1:18081"), netip.MustParseAddrPort("127.0.0.1:18082")},
-		udpVIP: {netip.MustParseAddrPort("127.0.0.1:18083")},
-		v6VIP:  {netip.MustParseAddrPort("[::1]:18084")},
+	stickyVIP := Frontend{Addr: netip.MustParseAddr("10.96.0.12"), Port: 80, Protocol: model.TCP}
+	two := []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:18081"), netip.MustParseAddrPort("127.0.0.1:18082")}
+	desired := map[Frontend]proxy.SocketTarget{
+		tcpVIP:    {Backends: two},
+		udpVIP:    {Backends: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:18083")}},
+		v6VIP:     {Backends: []netip.AddrPort{netip.MustParseAddrPort("[::1]:18084")}},
+		stickyVIP: {Backends: two, Affinity: time.Minute},
 	}
 	if _, err := lb.Sync(desired); err != nil {
 		t.Fatal(err)
@@ -250,6 +254,13 @@ func TestSocketLoadBalancer(t *testing.T) {
 	if out := run(t, cgroup, ns, "tcp [fd00:96::10]:80 2"); answers(out)["[::1]:18084"] != 2 {
 		t.Errorf("IPv6 ClusterIP: %q", out)
 	}
+	// Session affinity: a client (its network namespace) keeps its
+	// backend, across processes.
+	first := answers(run(t, cgroup, ns, "tcp 10.96.0.12:80 10"))
+	second := answers(run(t, cgroup, ns, "tcp 10.96.0.12:80 10"))
+	if len(first) != 1 || fmt.Sprint(first) != fmt.Sprint(second) {
+		t.Errorf("sticky Service: %v then %v, want one backend throughout", first, second)
+	}
 	// This test process is not in the cgroup: its sockets are not
 	// translated.
 	if err := netns.Do(ns, func() error {
@@ -260,7 +271,7 @@ func TestSocketLoadBalancer(t *testing.T) {
 	}
 
 	// A backend leaves: it is never chosen again.
-	desired[tcpVIP] = desired[tcpVIP][1:]
+	desired[tcpVIP] = proxy.SocketTarget{Backends: two[1:]}
 	if _, err := lb.Sync(desired); err != nil {
 		t.Fatal(err)
 	}
@@ -279,8 +290,8 @@ func TestSocketLoadBalancer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(lb.committed) != 3 {
-		t.Errorf("a restarted balancer read back %d services, want 3", len(lb.committed))
+	if len(lb.committed) != 4 || lb.committed[stickyVIP].Affinity != time.Minute {
+		t.Errorf("a restarted balancer read back %+v, want the 4 services with their affinity", lb.committed)
 	}
 	st, err := lb.Sync(desired)
 	if err != nil || st.Changed != 0 {
