@@ -18,9 +18,15 @@ import (
 // iperf runs one iperf3 TCP stream from the client namespace to the server
 // namespace's address and returns Gbit/s received.
 func iperf(clientNS, serverNS, addr string, secs int) (float64, error) {
+	return iperfVia(clientNS, serverNS, addr, addr, secs)
+}
+
+// iperfVia is iperf with the client sending to dst (a Service address)
+// and the server bound to bind (the address dst leads to).
+func iperfVia(clientNS, serverNS, bind, dst string, secs int) (float64, error) {
 	var srv *exec.Cmd
 	if err := netns.Do(serverNS, func() error {
-		srv = exec.Command("iperf3", "-s", "-1", "-B", addr)
+		srv = exec.Command("iperf3", "-s", "-1", "-B", bind)
 		return srv.Start()
 	}); err != nil {
 		return 0, fmt.Errorf("iperf3 server: %w", err)
@@ -32,7 +38,7 @@ func iperf(clientNS, serverNS, addr string, secs int) (float64, error) {
 		time.Sleep(100 * time.Millisecond)
 		err = netns.Do(clientNS, func() error {
 			var e error
-			out, e = exec.Command("iperf3", "-c", addr, "-t", fmt.Sprint(secs), "-O", "1", "-J").Output()
+			out, e = exec.Command("iperf3", "-c", dst, "-t", fmt.Sprint(secs), "-O", "1", "-J").Output()
 			return e
 		})
 		if err == nil {
