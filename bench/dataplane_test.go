@@ -151,12 +151,17 @@ spec:
 	if serverIP == "" || vip == "" {
 		b.Fatalf("server %q, ClusterIP %q", serverIP, vip)
 	}
+	// The baseline has a port of its own: under the socket balancer a
+	// Service connection goes to the pod's own address, and the baseline's
+	// TIME_WAIT sockets on the same port would slow its port search.
 	stop := echoServer(b, serverNS, ":7000")
 	defer stop()
+	stopDirect := echoServer(b, serverNS, ":7001")
+	defer stopDirect()
 
 	res := map[string]*dpResult{}
 	for _, path := range []struct{ name, rr, stream string }{
-		{"pod → pod", net.JoinHostPort(serverIP, "7000"), serverIP},
+		{"pod → pod", net.JoinHostPort(serverIP, "7001"), serverIP},
 		{"pod → ClusterIP", net.JoinHostPort(vip, "80"), vip},
 	} {
 		r := &dpResult{}
