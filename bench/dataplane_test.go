@@ -15,7 +15,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
-	"github.com/podnet/podnet/internal/agent"
+	"github.com/podnet/podnet/internal/cgroup"
 	"github.com/podnet/podnet/internal/lab"
 	"github.com/podnet/podnet/internal/netns"
 	"github.com/podnet/podnet/internal/testenv"
@@ -44,7 +44,7 @@ func BenchmarkDataplanes(b *testing.B) {
 	var rows strings.Builder
 	for _, dp := range []string{"nftables", "ebpf"} {
 		if dp == "ebpf" {
-			if _, err := agent.CgroupV2Root(); err != nil {
+			if _, err := cgroup.Root(); err != nil {
 				b.Logf("ebpf left out: %v", err)
 				continue
 			}
@@ -199,22 +199,15 @@ func getJSON(b *testing.B, bin, name, kind string, v any) {
 // joinCgroup moves this process into a cgroup v2 group (by name, under
 // the hierarchy's root) and returns how to move back.
 func joinCgroup(b *testing.B, group string) func() {
-	root, err := agent.CgroupV2Root()
+	root, err := cgroup.Root()
 	if err != nil {
 		b.Fatal(err)
 	}
-	prev := ""
-	own, _ := os.ReadFile("/proc/self/cgroup")
-	for _, line := range strings.Split(string(own), "\n") {
-		if p, ok := strings.CutPrefix(line, "0::"); ok {
-			prev = filepath.Join(root, p)
-		}
-	}
-	pid := []byte(strconv.Itoa(os.Getpid()))
-	if err := os.WriteFile(filepath.Join(root, group, "cgroup.procs"), pid, 0o644); err != nil {
+	leave, err := cgroup.Join(filepath.Join(root, group))
+	if err != nil {
 		b.Fatalf("join cgroup %s: %v", group, err)
 	}
-	return func() { os.WriteFile(filepath.Join(prev, "cgroup.procs"), pid, 0o644) }
+	return leave
 }
 
 // echoServer answers every byte it reads with one byte, in the namespace.

@@ -26,7 +26,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/podnet/podnet/internal/agent"
+	"github.com/podnet/podnet/internal/cgroup"
 	"github.com/podnet/podnet/internal/netns"
 	"github.com/podnet/podnet/internal/testenv"
 )
@@ -615,33 +615,26 @@ func freeLocalAddr(b *testing.B) string {
 // system for an eBPF-dataplane run, and moves this process into the
 // group so that its probes are the balancer's clients; leave undoes it
 // all once the agent has stopped.
-func ebpfSandbox(b *testing.B) (cgroup, pins string, leave func()) {
-	root, err := agent.CgroupV2Root()
+func ebpfSandbox(b *testing.B) (dir, pins string, leave func()) {
+	root, err := cgroup.Root()
 	if err != nil {
 		b.Fatal(err)
 	}
-	prev := ""
-	own, _ := os.ReadFile("/proc/self/cgroup")
-	for _, line := range strings.Split(string(own), "\n") {
-		if p, ok := strings.CutPrefix(line, "0::"); ok {
-			prev = filepath.Join(root, p)
-		}
-	}
-	cgroup = filepath.Join(root, "pnt-bench-"+testenv.Unique())
-	if err := os.Mkdir(cgroup, 0o755); err != nil {
+	dir = filepath.Join(root, "pnt-bench-"+testenv.Unique())
+	if err := os.Mkdir(dir, 0o755); err != nil {
 		b.Fatal(err)
 	}
-	pid := []byte(strconv.Itoa(os.Getpid()))
-	if err := os.WriteFile(filepath.Join(cgroup, "cgroup.procs"), pid, 0o644); err != nil {
+	back, err := cgroup.Join(dir)
+	if err != nil {
 		b.Fatal(err)
 	}
 	fsDir := b.TempDir()
 	if err := syscall.Mount("bpf", fsDir, "bpf", 0, "mode=0700"); err != nil {
 		b.Fatal(err)
 	}
-	return cgroup, filepath.Join(fsDir, "podnet"), func() {
-		os.WriteFile(filepath.Join(prev, "cgroup.procs"), pid, 0o644)
+	return dir, filepath.Join(fsDir, "podnet"), func() {
+		back()
 		syscall.Unmount(fsDir, syscall.MNT_DETACH)
-		os.Remove(cgroup)
+		os.Remove(dir)
 	}
 }

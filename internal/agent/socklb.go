@@ -5,9 +5,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 
+	"github.com/podnet/podnet/internal/cgroup"
 	"github.com/podnet/podnet/internal/dataplane/ebpf"
 	"github.com/podnet/podnet/internal/netns"
 	"github.com/podnet/podnet/internal/proxy"
@@ -45,7 +45,7 @@ func openSockLB(cfg Config) (*sockLB, error) {
 	}
 	cg := cfg.BPFCgroup
 	if cg == "" {
-		root, err := CgroupV2Root()
+		root, err := cgroup.Root()
 		if err != nil {
 			return nil, fmt.Errorf("the eBPF dataplane needs cgroup v2: %w", err)
 		}
@@ -137,20 +137,6 @@ func (s *sockLB) close() {
 	if s != nil {
 		s.lb.Close()
 	}
-}
-
-// CgroupV2Root finds where the cgroup v2 hierarchy is mounted.
-func CgroupV2Root() (string, error) {
-	b, err := os.ReadFile("/proc/mounts")
-	if err != nil {
-		return "", err
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(l); len(f) > 2 && f[2] == "cgroup2" {
-			return f[1], nil
-		}
-	}
-	return "", errors.New("no cgroup2 file system is mounted")
 }
 
 // AllowSocketNetNS makes the eBPF balancer serve sockets in the network

@@ -1,18 +1,15 @@
 package lab
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 
 	"golang.org/x/sys/unix"
 
-	"github.com/podnet/podnet/internal/agent"
+	"github.com/podnet/podnet/internal/cgroup"
 )
 
 // A lab with the eBPF dataplane. Every node of the lab lives in this one
@@ -24,7 +21,7 @@ import (
 // file system under the lab's directory.
 
 func cgroupDir(name string) (string, error) {
-	root, err := agent.CgroupV2Root()
+	root, err := cgroup.Root()
 	if err != nil {
 		return "", err
 	}
@@ -40,19 +37,16 @@ func (l *Lab) enterEBPF() (func(), error) {
 	if err != nil {
 		return nil, fmt.Errorf("lab: the eBPF dataplane needs cgroup v2: %w", err)
 	}
-	prev, err := ownCgroup()
-	if err != nil {
-		return nil, err
-	}
 	if err := os.Mkdir(cg, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
 		return nil, fmt.Errorf("lab: cgroup: %w", err)
 	}
-	if err := os.WriteFile(filepath.Join(cg, "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+	leave, err := cgroup.Join(cg)
+	if err != nil {
 		os.Remove(cg)
 		return nil, fmt.Errorf("lab: move into cgroup %s: %w", cg, err)
 	}
 	undo := func() {
-		os.WriteFile(filepath.Join(prev, "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0o644)
+		leave()
 		os.Remove(cg)
 	}
 	dir := bpfDir(l.opt.Name)
@@ -68,26 +62,6 @@ func (l *Lab) enterEBPF() (func(), error) {
 		unix.Unmount(dir, unix.MNT_DETACH)
 		undo()
 	}, nil
-}
-
-// ownCgroup is the cgroup v2 directory this process is in.
-func ownCgroup() (string, error) {
-	root, err := agent.CgroupV2Root()
-	if err != nil {
-		return "", err
-	}
-	f, err := os.Open("/proc/self/cgroup")
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if p, ok := strings.CutPrefix(sc.Text(), "0::"); ok {
-			return filepath.Join(root, p), nil
-		}
-	}
-	return "", errors.New("lab: this process is in no cgroup v2 group")
 }
 
 // cleanupEBPF removes what a lab that did not stop cleanly left: the BPF

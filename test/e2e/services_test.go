@@ -8,10 +8,8 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -20,7 +18,7 @@ import (
 	"github.com/ti-mo/conntrack"
 	corev1 "k8s.io/api/core/v1"
 
-	"github.com/podnet/podnet/internal/agent"
+	"github.com/podnet/podnet/internal/cgroup"
 	"github.com/podnet/podnet/internal/lab"
 	"github.com/podnet/podnet/internal/netns"
 )
@@ -240,7 +238,7 @@ func TestServices(t *testing.T) {
 
 func testServices(t *testing.T, dataplane string) {
 	if dataplane == "ebpf" {
-		if _, err := agent.CgroupV2Root(); err != nil {
+		if _, err := cgroup.Root(); err != nil {
 			t.Skipf("skipped: the eBPF dataplane needs cgroup v2: %v", err)
 		}
 	}
@@ -571,22 +569,15 @@ func waitFor(t *testing.T, what string, ok func() bool) {
 // out before the lab goes away.
 func joinLabCgroup(t *testing.T, name string) {
 	t.Helper()
-	root, err := agent.CgroupV2Root()
+	root, err := cgroup.Root()
 	if err != nil {
 		t.Fatal(err)
 	}
-	prev := ""
-	b, _ := os.ReadFile("/proc/self/cgroup")
-	for _, line := range strings.Split(string(b), "\n") {
-		if p, ok := strings.CutPrefix(line, "0::"); ok {
-			prev = filepath.Join(root, p)
-		}
-	}
-	pid := []byte(strconv.Itoa(os.Getpid()))
-	if err := os.WriteFile(filepath.Join(root, "pnl-"+name, "cgroup.procs"), pid, 0o644); err != nil {
+	leave, err := cgroup.Join(filepath.Join(root, "pnl-"+name))
+	if err != nil {
 		t.Fatalf("join the lab's cgroup: %v", err)
 	}
-	t.Cleanup(func() { os.WriteFile(filepath.Join(prev, "cgroup.procs"), pid, 0o644) })
+	t.Cleanup(leave)
 }
 
 type ctFlow struct {

@@ -16,6 +16,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/podnet/podnet/internal/cgroup"
 	"github.com/podnet/podnet/internal/model"
 	"github.com/podnet/podnet/internal/netns"
 	"github.com/podnet/podnet/internal/proxy"
@@ -77,16 +78,9 @@ func client(spec string) {
 // processes, so the programs see nothing else on the machine.
 func labCgroup(t *testing.T) string {
 	t.Helper()
-	root := ""
-	mounts, _ := os.ReadFile("/proc/mounts")
-	for _, l := range strings.Split(string(mounts), "\n") {
-		if f := strings.Fields(l); len(f) > 2 && f[2] == "cgroup2" {
-			root = f[1]
-			break
-		}
-	}
-	if root == "" {
-		t.Skip("skipped: no cgroup v2 hierarchy is mounted")
+	root, err := cgroup.Root()
+	if err != nil {
+		t.Skipf("skipped: %v", err)
 	}
 	dir := filepath.Join(root, "pnt-"+testenv.Unique())
 	if err := os.Mkdir(dir, 0o755); err != nil {
