@@ -30,11 +30,14 @@ const (
 type sockLB struct {
 	lb *ebpf.SockLB
 
-	mu      sync.Mutex
-	scoped  bool
-	netns   map[string]uint64 // namespaces served, by path (scoped only)
-	perSvc  map[string]map[proxy.Frontend]proxy.SocketTarget
-	desired map[proxy.Frontend]proxy.SocketTarget
+	mu     sync.Mutex
+	scoped bool
+	netns  map[string]uint64 // namespaces served, by path (scoped only)
+	perSvc map[string]map[proxy.Frontend]proxy.SocketTarget
+	// pending are the frontends changed since the last sync (no
+	// backends: remove); synced says the maps were reconciled once.
+	pending map[proxy.Frontend]proxy.SocketTarget
+	synced  bool
 }
 
 // openSockLB loads and attaches the balancer, or says plainly why this
@@ -109,28 +112,49 @@ func (s *sockLB) forget(path string) error {
 func (s *sockLB) set(key string, fs map[proxy.Frontend]proxy.SocketTarget) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.pending == nil {
+		s.pending = map[proxy.Frontend]proxy.SocketTarget{}
+	}
+	for f := range s.perSvc[key] {
+		if _, ok := fs[f]; !ok {
+			s.pending[f] = proxy.SocketTarget{}
+		}
+	}
+	for f, t := range fs {
+		s.pending[f] = t
+	}
 	if len(fs) == 0 {
 		delete(s.perSvc, key)
 	} else {
 		s.perSvc[key] = fs
 	}
-	s.desired = nil
 }
 
-// sync writes the recorded frontends to the maps.
+// sync writes the changes since the last sync to the maps; the first one
+// reconciles them whole with what an earlier agent left.
 func (s *sockLB) sync() (ebpf.Stats, error) {
 	s.mu.Lock()
-	if s.desired == nil {
-		s.desired = map[proxy.Frontend]proxy.SocketTarget{}
+	defer s.mu.Unlock()
+	if !s.synced {
+		all := map[proxy.Frontend]proxy.SocketTarget{}
 		for _, fs := range s.perSvc {
-			for f, bs := range fs {
-				s.desired[f] = bs
+			for f, t := range fs {
+				all[f] = t
 			}
 		}
+		st, err := s.lb.Sync(all)
+		if err == nil {
+			s.synced, s.pending = true, nil
+		}
+		return st, err
 	}
-	d := s.desired
-	s.mu.Unlock()
-	return s.lb.Sync(d)
+	st, err := s.lb.Update(s.pending)
+	if err == nil {
+		s.pending = nil
+	} else {
+		s.synced = false // reconcile whole next time
+	}
+	return st, err
 }
 
 func (s *sockLB) close() {

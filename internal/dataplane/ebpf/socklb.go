@@ -24,7 +24,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"sort"
 	"time"
 
 	cebpf "github.com/cilium/ebpf"
@@ -222,72 +221,102 @@ type Stats struct {
 
 // Sync makes the maps hold exactly desired: frontend → backends. A
 // frontend with no backends is left out (the nftables rules reject it).
-// Changes are ordered so that a connect racing with them always finds a
-// valid backend: new backends are written before the count that exposes
-// them, and a shrunk count before the backends it hides are deleted.
+// It is the reconcile at start; later changes go through Update.
 func (l *SockLB) Sync(desired map[Frontend]proxy.SocketTarget) (Stats, error) {
-	st := Stats{}
-	keys := make([]Frontend, 0, len(desired))
-	for f, t := range desired {
-		if len(t.Backends) > 0 {
-			keys = append(keys, f)
-		}
+	st, err := l.Update(desired)
+	if err != nil {
+		return st, err
 	}
-	sort.Slice(keys, func(i, j int) bool { return keys[i].String() < keys[j].String() })
-	for _, f := range keys {
-		t := desired[f]
-		bs := t.Backends
-		old, had := l.committed[f]
-		if had && old.Affinity == t.Affinity && slices.Equal(old.Backends, bs) {
-			st.Frontends++
-			st.Backends += len(bs)
-			continue
-		}
-		e := old
-		if !had {
-			e.id = l.newID()
-		}
-		for i, b := range bs {
-			if i < len(old.Backends) && old.Backends[i] == b {
-				continue
-			}
-			if err := l.objs.PodnetBackends.Update(socklbBackendKey{Id: e.id, Index: uint32(i)}, backendVal(b), cebpf.UpdateAny); err != nil {
-				return st, fmt.Errorf("backend %d of %s: %w", i, f, err)
-			}
-		}
-		val := socklbSvcVal{Id: e.id, Count: uint32(len(bs)), Affinity: uint32(t.Affinity / time.Second)}
-		if err := l.objs.PodnetServices.Update(svcKey(f), val, cebpf.UpdateAny); err != nil {
-			return st, fmt.Errorf("service %s: %w", f, err)
-		}
-		for i := len(bs); i < len(old.Backends); i++ {
-			if err := l.deleteBackend(e.id, i); err != nil {
+	for f := range l.committed {
+		if len(desired[f].Backends) == 0 {
+			if err := l.remove(f); err != nil {
 				return st, err
 			}
+			st.Changed++
 		}
-		e.Backends = slices.Clone(bs)
-		e.Affinity = t.Affinity
-		l.committed[f] = e
-		st.Changed++
-		st.Frontends++
-		st.Backends += len(bs)
-	}
-	for f, e := range l.committed {
-		if len(desired[f].Backends) > 0 {
-			continue
-		}
-		if err := l.objs.PodnetServices.Delete(svcKey(f)); err != nil && !errors.Is(err, cebpf.ErrKeyNotExist) {
-			return st, fmt.Errorf("service %s: %w", f, err)
-		}
-		for i := range e.Backends {
-			if err := l.deleteBackend(e.id, i); err != nil {
-				return st, err
-			}
-		}
-		delete(l.committed, f)
-		delete(l.used, e.id)
-		st.Changed++
 	}
 	return st, nil
+}
+
+// Update applies changed frontends only: each is set to its backends, or
+// removed when it has none. Changes are ordered so that a connect racing
+// with them always finds a valid backend: new backends are written before
+// the count that exposes them, and a shrunk count before the backends it
+// hides are deleted.
+func (l *SockLB) Update(changes map[Frontend]proxy.SocketTarget) (Stats, error) {
+	st := Stats{}
+	for f, t := range changes {
+		var err error
+		changed := false
+		if len(t.Backends) == 0 {
+			_, changed = l.committed[f]
+			err = l.remove(f)
+		} else {
+			changed, err = l.put(f, t)
+		}
+		if err != nil {
+			return st, err
+		}
+		if changed {
+			st.Changed++
+		}
+	}
+	st.Frontends = len(l.committed)
+	for _, e := range l.committed {
+		st.Backends += len(e.Backends)
+	}
+	return st, nil
+}
+
+func (l *SockLB) put(f Frontend, t proxy.SocketTarget) (bool, error) {
+	bs := t.Backends
+	old, had := l.committed[f]
+	if had && old.Affinity == t.Affinity && slices.Equal(old.Backends, bs) {
+		return false, nil
+	}
+	e := old
+	if !had {
+		e.id = l.newID()
+	}
+	for i, b := range bs {
+		if i < len(old.Backends) && old.Backends[i] == b {
+			continue
+		}
+		if err := l.objs.PodnetBackends.Update(socklbBackendKey{Id: e.id, Index: uint32(i)}, backendVal(b), cebpf.UpdateAny); err != nil {
+			return false, fmt.Errorf("backend %d of %s: %w", i, f, err)
+		}
+	}
+	val := socklbSvcVal{Id: e.id, Count: uint32(len(bs)), Affinity: uint32(t.Affinity / time.Second)}
+	if err := l.objs.PodnetServices.Update(svcKey(f), val, cebpf.UpdateAny); err != nil {
+		return false, fmt.Errorf("service %s: %w", f, err)
+	}
+	for i := len(bs); i < len(old.Backends); i++ {
+		if err := l.deleteBackend(e.id, i); err != nil {
+			return false, err
+		}
+	}
+	e.Backends = slices.Clone(bs)
+	e.Affinity = t.Affinity
+	l.committed[f] = e
+	return true, nil
+}
+
+func (l *SockLB) remove(f Frontend) error {
+	e, ok := l.committed[f]
+	if !ok {
+		return nil
+	}
+	if err := l.objs.PodnetServices.Delete(svcKey(f)); err != nil && !errors.Is(err, cebpf.ErrKeyNotExist) {
+		return fmt.Errorf("service %s: %w", f, err)
+	}
+	for i := range e.Backends {
+		if err := l.deleteBackend(e.id, i); err != nil {
+			return err
+		}
+	}
+	delete(l.committed, f)
+	delete(l.used, e.id)
+	return nil
 }
 
 func (l *SockLB) deleteBackend(id uint32, i int) error {
