@@ -21,6 +21,7 @@ import (
 	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
@@ -53,11 +54,28 @@ import (
 // PODNET_BENCH_PROXY_RUNS (default 3) change the sizes and the runs,
 // PODNET_BENCH_PROXY_SECTION the RESULTS.md section it writes, and
 // PODNET_BENCH_EBPF=0 leaves out the eBPF dataplane's run.
+// PODNET_BENCH_API_DIR keeps the apiserver's state in a directory and
+// reuses it: the Services one run created are there for the next, so a
+// large size is grown once (30,000 takes over half an hour here) and
+// measured many times. PODNET_BENCH_KP_TIMEOUT (default 10m) bounds
+// kube-proxy's first sync.
 func BenchmarkProxy(b *testing.B) {
 	testenv.RequireRoot(b)
 	sizes := envInts("PODNET_BENCH_PROXY_SIZES", []int{1000, 10000, 30000})
 	runs := envInts("PODNET_BENCH_PROXY_RUNS", []int{3})[0]
-	api := testenv.StartAPIServer(b)
+	var apiOpts []testenv.APIServerOption
+	if d := os.Getenv("PODNET_BENCH_API_DIR"); d != "" {
+		apiOpts = append(apiOpts, testenv.WithStateDir(d))
+	}
+	kpTimeout := 10 * time.Minute
+	if s := os.Getenv("PODNET_BENCH_KP_TIMEOUT"); s != "" {
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			b.Fatalf("PODNET_BENCH_KP_TIMEOUT: %v", err)
+		}
+		kpTimeout = d
+	}
+	api := testenv.StartAPIServer(b, apiOpts...)
 	cfg, err := clientcmd.BuildConfigFromFlags("", api.Kubeconfig)
 	if err != nil {
 		b.Fatal(err)
@@ -67,9 +85,17 @@ func BenchmarkProxy(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	pb := &proxyBench{b: b, c: c, api: api, sizes: sizes, podnet: filepath.Join(testenv.Binaries(b), "podnet"), tmp: b.TempDir()}
+	pb := &proxyBench{b: b, c: c, api: api, sizes: sizes, podnet: filepath.Join(testenv.Binaries(b), "podnet"), tmp: b.TempDir(), kpTimeout: kpTimeout}
 	for _, n := range []string{"bench-pn", "bench-kp"} {
 		pb.makeNode(n)
+	}
+	have, added := pb.existing()
+	pb.added = added
+	if have > sizes[0] {
+		b.Fatalf("the apiserver state holds %d Services, more than the first size %d: use a fresh PODNET_BENCH_API_DIR", have, sizes[0])
+	}
+	if have > 0 {
+		b.Logf("reusing %d Services (and %d added ones) from %s", have, added, os.Getenv("PODNET_BENCH_API_DIR"))
 	}
 	var out strings.Builder
 	sizeList := make([]string, len(sizes))
@@ -86,7 +112,6 @@ func BenchmarkProxy(b *testing.B) {
 	fmt.Fprintln(&out, "| Services | podnet full sync | kube-proxy full sync | speed-up | podnet peak RSS | kube-proxy peak RSS | memory ratio | podnet add one | kube-proxy add one | speed-up |")
 	fmt.Fprintln(&out, "|---|---|---|---|---|---|---|---|---|---|")
 	var latency, ebpfRow string
-	have := 0
 	for _, n := range sizes {
 		pb.grow(have, n)
 		have = n
@@ -134,7 +159,7 @@ func BenchmarkProxy(b *testing.B) {
 		}
 		kpSyncText, lower := fmtMS(median(kpSync)), ""
 		if kpTimedOut {
-			kpSyncText, lower, addRatio = "> 10 min (no sync)", "> ", "-"
+			kpSyncText, lower, addRatio = fmt.Sprintf("> %s (no sync)", fmtDur(pb.kpTimeout)), "> ", "-"
 		}
 		fmt.Fprintf(&out, "| %d | %s | %s | %s%.1f× | %.0f MiB | %.0f MiB | %.2f | %s | %s | %s |\n", n,
 			fmtMS(median(pnSync)), kpSyncText, lower, median(kpSync)/median(pnSync),
@@ -158,7 +183,10 @@ func BenchmarkProxy(b *testing.B) {
 	}
 }
 
-var programmedLine = regexp.MustCompile(`msg="services programmed".*`)
+var (
+	programmedLine = regexp.MustCompile(`msg="services programmed".*`)
+	syncLine       = regexp.MustCompile(`time=\S+ level=DEBUG msg="service sync".*`)
+)
 
 type proxyBench struct {
 	b      *testing.B
@@ -168,6 +196,34 @@ type proxyBench struct {
 	tmp    string
 	added  int
 	sizes  []int
+	// kpTimeout bounds kube-proxy's first sync.
+	kpTimeout time.Duration
+}
+
+// existing counts the bench's Services already in the API (from an
+// earlier run, with PODNET_BENCH_API_DIR): the grown ones (svc-N) and
+// the ones add-one created (added-N).
+func (pb *proxyBench) existing() (grown, added int) {
+	ctx := context.Background()
+	opts := metav1.ListOptions{Limit: 5000}
+	for {
+		l, err := pb.c.CoreV1().Services("default").List(ctx, opts)
+		if err != nil {
+			pb.b.Fatal(err)
+		}
+		for _, s := range l.Items {
+			switch {
+			case strings.HasPrefix(s.Name, "svc-"):
+				grown++
+			case strings.HasPrefix(s.Name, "added-"):
+				added++
+			}
+		}
+		if l.Continue == "" {
+			return grown, added
+		}
+		opts.Continue = l.Continue
+	}
 }
 
 // latencyAt is the size first-packet latency is measured at: 10,000, or
@@ -186,7 +242,7 @@ type proxyResult struct {
 	sync, add time.Duration
 	peakMiB   float64
 	latency   string
-	// timedOut: the proxy had not synced after 10 minutes (sync is a
+	// timedOut: the proxy had not synced in its time (sync is a
 	// lower bound, and nothing else was measured).
 	timedOut bool
 }
@@ -207,6 +263,14 @@ func envInts(name string, def []int) []int {
 	return out
 }
 
+// fmtDur writes a whole number of minutes as "N min".
+func fmtDur(d time.Duration) string {
+	if d%time.Minute == 0 {
+		return fmt.Sprintf("%d min", int(d/time.Minute))
+	}
+	return d.String()
+}
+
 func fmtMS(x float64) string {
 	if x >= 1000 {
 		return fmt.Sprintf("%.2f s", x/1000)
@@ -219,6 +283,9 @@ func (pb *proxyBench) makeNode(name string) {
 	n, err := pb.c.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name},
 		Spec: corev1.NodeSpec{PodCIDR: "10.244.1.0/24", PodCIDRs: []string{"10.244.1.0/24"}}}, metav1.CreateOptions{})
 	if err != nil {
+		if apierrors.IsAlreadyExists(err) {
+			return // from an earlier run (PODNET_BENCH_API_DIR)
+		}
 		pb.b.Fatal(err)
 	}
 	n.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "10.250.0.1"}}
@@ -278,6 +345,9 @@ func (pb *proxyBench) createService(name string) string {
 
 // grow creates Services from..to-1, with 32 workers.
 func (pb *proxyBench) grow(from, to int) {
+	if from >= to {
+		return
+	}
 	t0 := time.Now()
 	jobs := make(chan int)
 	var wg sync.WaitGroup
@@ -419,7 +489,7 @@ func (pb *proxyBench) run(proxy, mode, tag string, addOne, latency bool) proxyRe
 		dir := filepath.Join(pb.tmp, tag)
 		cmd = exec.Command(pb.podnet, "agent", "--kubeconfig", pb.api.Kubeconfig, "--node-name", "bench-pn", "--mode", "direct",
 			"--netns", ns, "--proxy", "--cluster-cidr", "10.244.0.0/16", "--cni-conf-dir", filepath.Join(dir, "net.d"),
-			"--cni-data-dir", filepath.Join(dir, "data"), "--health-addr", health)
+			"--cni-data-dir", filepath.Join(dir, "data"), "--health-addr", health, "--log-level", "debug")
 		if mode == "ebpf" {
 			// The balancer attaches to a throwaway cgroup that this
 			// process joins for the run (its probes are the clients),
@@ -469,18 +539,22 @@ func (pb *proxyBench) run(proxy, mode, tag string, addOne, latency bool) proxyRe
 		}
 	}
 	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	limit := 10 * time.Minute
+	if proxy == "kube-proxy" {
+		limit = pb.kpTimeout
+	}
 	for !synced() {
-		if time.Since(t0) > 10*time.Minute {
+		if time.Since(t0) > limit {
 			if mode == "iptables" {
 				// The O(n) reference may simply be too slow here: say so
 				// in the results instead of failing the whole run.
-				b.Logf("kube-proxy iptables did not sync in 10 minutes; log in %s", logf.Name())
-				return proxyResult{latency: fmt.Sprintf("| kube-proxy (iptables) | did not finish its first sync of %d Services in 10 minutes | | | | |\n", latencyAt(pb.sizes))}
+				b.Logf("kube-proxy iptables did not sync in %s; log in %s", fmtDur(pb.kpTimeout), logf.Name())
+				return proxyResult{latency: fmt.Sprintf("| kube-proxy (iptables) | did not finish its first sync of %d Services in %s | | | | |\n", latencyAt(pb.sizes), fmtDur(pb.kpTimeout))}
 			}
 			if proxy == "kube-proxy" {
 				// Say so in the results (as "> 10 min", with its memory
 				// so far) instead of losing the whole run.
-				b.Logf("kube-proxy %s %s did not sync in 10 minutes; log in %s", mode, tag, logf.Name())
+				b.Logf("kube-proxy %s %s did not sync in %s; log in %s", mode, tag, fmtDur(pb.kpTimeout), logf.Name())
 				return proxyResult{sync: time.Since(t0), timedOut: true, peakMiB: peakRSS(cmd.Process.Pid)}
 			}
 			b.Fatalf("%s %s did not sync in 10 minutes; log in %s", proxy, tag, logf.Name())
@@ -500,8 +574,13 @@ func (pb *proxyBench) run(proxy, mode, tag string, addOne, latency bool) proxyRe
 	if addOne {
 		pb.added++
 		name := fmt.Sprintf("added-%04d", pb.added)
+		var logAt int64
+		if fi, err := logf.Stat(); err == nil {
+			logAt = fi.Size()
+		}
 		t1 := time.Now()
 		vip := pb.createService(name)
+		created := time.Since(t1)
 		dst := net.JoinHostPort(vip, "80")
 		for {
 			if connectTime(ns, dst) > 0 {
@@ -513,6 +592,15 @@ func (pb *proxyBench) run(proxy, mode, tag string, addOne, latency bool) proxyRe
 			time.Sleep(2 * time.Millisecond)
 		}
 		res.add = time.Since(t1)
+		b.Logf("%s %s add one: API create took %s of %s", proxy, tag, created.Round(time.Millisecond), res.add.Round(time.Millisecond))
+		if proxy == "podnet" {
+			// The agent's syncs meanwhile, to tell where the time went.
+			if l, err := os.ReadFile(logf.Name()); err == nil && int(logAt) <= len(l) {
+				for _, m := range syncLine.FindAll(l[logAt:], 20) {
+					b.Logf("  %s", m)
+				}
+			}
+		}
 	}
 	if latency {
 		first, last := "svc-00000", fmt.Sprintf("svc-%05d", latencyAt(pb.sizes)-1)

@@ -155,6 +155,7 @@ func (p *netPolicy) sync(ctx context.Context) error {
 	w := p.world()
 	d := p.compiler.Compile(w, p.a.cfg.NodeName)
 	p.mu.Unlock()
+	t1 := time.Now()
 	st, err := p.backend.Sync(ctx, d)
 	m := p.a.metrics
 	m.policySyncDuration.Observe(time.Since(t0).Seconds())
@@ -170,6 +171,8 @@ func (p *netPolicy) sync(ctx context.Context) error {
 	m.policyRules.Set(float64(st.Rules))
 	m.policyElements.Set(float64(st.Elements))
 	m.policies.Set(float64(len(w.Policies)))
+	p.a.cfg.Log.Debug("policy sync", "policies", len(w.Policies), "full", st.Full, "operations", st.Operations,
+		"compile", t1.Sub(t0).Round(time.Microsecond), "apply", time.Since(t1).Round(time.Microsecond))
 	p.mu.Lock()
 	p.current, p.desired = w, d
 	p.mu.Unlock()

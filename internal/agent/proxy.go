@@ -278,6 +278,7 @@ func (p *svcProxy) sync(ctx context.Context) error {
 		socks[key] = sock
 		p.health.set(key, hc)
 	}
+	t1 := time.Now()
 	st, err := p.backend.Sync(ctx, proxy.NewSkeleton(self), changes)
 	if err != nil {
 		// Put the work back: the next attempt is a full sync anyway.
@@ -313,6 +314,8 @@ func (p *svcProxy) sync(ctx context.Context) error {
 		}
 	}
 	now := time.Now()
+	p.a.cfg.Log.Debug("service sync", "services", len(changes), "full", st.Full, "operations", st.Operations,
+		"render", t1.Sub(t0).Round(time.Microsecond), "apply", now.Sub(t1).Round(time.Microsecond))
 	m.proxySyncDuration.Observe(now.Sub(t0).Seconds())
 	m.proxySyncs.WithLabelValues("success").Inc()
 	for _, t := range triggers {

@@ -75,6 +75,9 @@ type agentConfig struct {
 	// namespace (benchmarks and labs that share one machine).
 	BPFCgroup string `json:"bpfCgroup"`
 	BPFScoped bool   `json:"bpfScoped"`
+	// LogLevel is debug, info, warn or error; debug adds a line per
+	// Service and policy sync, with its size and timings.
+	LogLevel string `json:"logLevel"`
 }
 
 func defaultAgentConfig() agentConfig {
@@ -85,6 +88,7 @@ func defaultAgentConfig() agentConfig {
 		HealthAddr: "0.0.0.0:9941", ResyncPeriod: "30s",
 		ProxyMinSyncInterval: "50ms", ProxyFullSyncPeriod: "5m", NflogGroup: 100,
 		FlowLogMaxMB: 100, FlowLogKeep: 3, Dataplane: "nftables", BPFPinDir: "/sys/fs/bpf/podnet", FlowEvents: true,
+		LogLevel: "info",
 	}
 }
 
@@ -101,8 +105,19 @@ func ParseAgentConfig(b []byte) error {
 	if _, err := parseCIDRs(cfg.ClusterCIDRs); err != nil {
 		return err
 	}
+	if _, err := parseLogLevel(cfg.LogLevel); err != nil {
+		return err
+	}
 	_, err := parseCIDRs(cfg.ServiceCIDRs)
 	return err
+}
+
+func parseLogLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return l, fmt.Errorf("log level %q: want debug, info, warn or error", s)
+	}
+	return l, nil
 }
 
 func agentCmd() *cobra.Command {
@@ -161,6 +176,7 @@ func agentCmd() *cobra.Command {
 	f.StringVar(&c.Dataplane, "dataplane", c.Dataplane, "nftables, or ebpf (adds the socket-level Service balancer; needs --proxy, cgroup v2 and a BPF file system)")
 	f.StringVar(&c.BPFPinDir, "bpf-pin-dir", c.BPFPinDir, "where the eBPF dataplane pins its maps and links")
 	f.StringVar(&c.BPFCgroup, "bpf-cgroup", "", "cgroup v2 directory the eBPF balancer attaches to (default: the hierarchy's root)")
+	f.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error (debug logs every Service and policy sync with its timings)")
 	f.BoolVar(&c.BPFScoped, "bpf-scoped", false, "balance only sockets in the node's own network namespace (for several nodes on one machine)")
 	return cmd
 }
@@ -232,7 +248,11 @@ func runAgent(c agentConfig) error {
 	if err != nil {
 		return err
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	level, err := parseLogLevel(c.LogLevel)
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	if c.CNIBinDir != "" {
 		if err := installBinary(c.CNIBinDir); err != nil {
 			return fmt.Errorf("install CNI binary: %w", err)

@@ -84,5 +84,7 @@ func applyFlag(cfg, flags *agentConfig, name, clusterCIDRs, serviceCIDRs, chain 
 		cfg.BPFCgroup = flags.BPFCgroup
 	case "bpf-scoped":
 		cfg.BPFScoped = flags.BPFScoped
+	case "log-level":
+		cfg.LogLevel = flags.LogLevel
 	}
 }
