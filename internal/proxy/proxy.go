@@ -12,7 +12,17 @@
 // lookups however many Services exist, and a Service's change touches
 // only its own chains and map elements.
 //
-// Per Service port and family there are up to three chains:
+// A Service port reached only by its ClusterIP (no node port, external or
+// load-balancer IP, no session affinity: most of them in a big cluster)
+// has no chain of its own. Its map entry sends packets to a chain shared
+// by every such port with the same number of endpoints,
+//
+//	lb4-tcp-<N>  dnat to ip daddr . tcp dport . numgen random mod N map @cluster-endpoints4-tcp
+//
+// which finds the endpoint by ClusterIP, port and a random index. Adding
+// such a Service adds only map elements: no chain, no rule.
+//
+// Other Service ports have up to three chains per family:
 //
 //	svc4-<id>-<ns>/<name>/<port>  all cluster endpoints (ClusterIP, and external traffic under policy Cluster)
 //	loc4-<id>-<ns>/<name>/<port>  this node's endpoints (internalTrafficPolicy or externalTrafficPolicy Local)
@@ -70,6 +80,10 @@ const (
 type Chain struct {
 	Name  string
 	Rules []string
+	// Shared chains may be in many fragments, always with the same rules
+	// (the name says what they do); the table holds one while any
+	// fragment does.
+	Shared bool
 }
 
 // Set declares a set or map.
@@ -91,6 +105,10 @@ type Element struct {
 	Set   string
 	Key   []string
 	Value []string
+	// Comment names the Service port the element is for, so that the
+	// table reads well in `nft list` although a ClusterIP-only port has
+	// no chain of its own to carry its name.
+	Comment string
 }
 
 // KeyString identifies the element within its set.
@@ -173,7 +191,15 @@ func NewSkeleton(self Self) Skeleton {
 			Set{Name: "cluster-ips" + f.v, Type: f.addr},
 			Set{Name: "hairpin" + f.v, Type: f.addr + " . " + f.addr},
 		)
-		// Every Service's endpoints, keyed by the Service port's slot
+		// The endpoints of ClusterIP-only Service ports, keyed by
+		// ClusterIP . port . index: the shared balancer chains
+		// (lb4-tcp-N) look them up, so these ports need no chain, rule or
+		// slot of their own.
+		for _, proto := range []string{"tcp", "udp", "sctp"} {
+			sk.Sets = append(sk.Sets, Set{Name: clusterEndpointsMap(f, proto),
+				TypeOf: fmt.Sprintf("%s daddr . %s dport . numgen random mod 1 : %s daddr . %s dport", f.ip, proto, f.ip, proto)})
+		}
+		// Every other Service port's endpoints, keyed by its slot
 		// offset plus the endpoint's index: shared maps (one per family
 		// and protocol, as nft types the port by protocol), so that no
 		// Service needs a set of its own: the kernel finds sets by walking
@@ -247,6 +273,10 @@ func NewSkeleton(self Self) Skeleton {
 
 // EndpointShards is the number of endpoints maps per family and protocol.
 const EndpointShards = 64
+
+func clusterEndpointsMap(f family, proto string) string {
+	return fmt.Sprintf("cluster-endpoints%s-%s", f.v, proto)
+}
 
 func endpointsMap(f family, proto string, shard int) string {
 	return fmt.Sprintf("endpoints%s-%s-%02d", f.v, proto, shard)

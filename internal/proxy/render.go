@@ -77,13 +77,16 @@ type renderer struct {
 	slots  *Slots
 }
 
-func (r *renderer) elem(set string, key, value []string) {
+func (r *renderer) elem(set string, key, value []string) { r.named(set, key, value, "") }
+
+// named adds an element with a comment.
+func (r *renderer) named(set string, key, value []string, comment string) {
 	k := set + " " + strings.Join(key, " . ")
 	if r.elems[k] {
 		return
 	}
 	r.elems[k] = true
-	r.frag.Elements = append(r.frag.Elements, Element{Set: set, Key: key, Value: value})
+	r.frag.Elements = append(r.frag.Elements, Element{Set: set, Key: key, Value: value, Comment: comment})
 }
 
 func (r *renderer) chain(name string, rules []string) {
@@ -112,12 +115,25 @@ func (r *renderer) port(f family, cip netip.Addr, ext []netip.Addr, p model.Serv
 	locChain := chainName("loc", f, id, human)
 	extChain := chainName("ext", f, id, human)
 	proto, port := string(p.Protocol), fmt.Sprint(p.Port)
+	// Reached only by the ClusterIP, with no affinity to remember: the
+	// shared balancer chains serve the port.
+	shared := s.Affinity == 0 && len(ext) == 0 && p.NodePort == 0
 	useSvc := func() string {
-		r.chain(svcChain, r.balance(f, svcChain, id, p.Protocol, cluster))
+		if shared {
+			return r.sharedBalance(f, cip, p, cluster)
+		}
+		if !r.chains[svcChain] {
+			r.chain(svcChain, r.balance(f, svcChain, id, p.Protocol, cluster))
+		}
 		return "goto " + svcChain
 	}
 	useLoc := func() string {
-		r.chain(locChain, r.balance(f, locChain, id, p.Protocol, local))
+		if shared {
+			return r.sharedBalance(f, cip, p, local)
+		}
+		if !r.chains[locChain] {
+			r.chain(locChain, r.balance(f, locChain, id, p.Protocol, local))
+		}
 		return "goto " + locChain
 	}
 	reject := []string{"goto reject-chain"}
@@ -126,17 +142,17 @@ func (r *renderer) port(f family, cip netip.Addr, ext []netip.Addr, p model.Serv
 	cipKey := []string{cip.String(), proto, port}
 	switch {
 	case !usable:
-		r.elem("no-endpoints"+f.v, cipKey, reject)
+		r.named("no-endpoints"+f.v, cipKey, reject, human)
 	case s.InternalLocal && len(local) > 0:
-		r.elem("services"+f.v, cipKey, []string{useLoc()})
+		r.named("services"+f.v, cipKey, []string{useLoc()}, human)
 	case s.InternalLocal:
 		// Endpoints exist, but none here: kube-proxy drops, so the client
 		// sees a timeout, not a refusal it might take for a closed port.
-		r.elem("no-endpoints"+f.v, cipKey, []string{"drop"})
+		r.named("no-endpoints"+f.v, cipKey, []string{"drop"}, human)
 	case len(cluster) > 0:
-		r.elem("services"+f.v, cipKey, []string{useSvc()})
+		r.named("services"+f.v, cipKey, []string{useSvc()}, human)
 	default:
-		r.elem("no-endpoints"+f.v, cipKey, reject)
+		r.named("no-endpoints"+f.v, cipKey, reject, human)
 	}
 	for _, e := range append(append([]model.Endpoint{}, cluster...), local...) {
 		r.elem("hairpin"+f.v, []string{e.Addr.String(), e.Addr.String()}, nil)
@@ -149,10 +165,10 @@ func (r *renderer) port(f family, cip netip.Addr, ext []netip.Addr, p model.Serv
 	var extVerdict []string
 	if !usable || (!s.ExternalLocal && len(cluster) == 0) {
 		for _, a := range ext {
-			r.elem("no-endpoints"+f.v, []string{a.String(), proto, port}, reject)
+			r.named("no-endpoints"+f.v, []string{a.String(), proto, port}, reject, human)
 		}
 		if p.NodePort != 0 {
-			r.elem("no-endpoint-nodeports"+f.v, []string{proto, fmt.Sprint(p.NodePort)}, reject)
+			r.named("no-endpoint-nodeports"+f.v, []string{proto, fmt.Sprint(p.NodePort)}, reject, human)
 		}
 		return
 	}
@@ -179,11 +195,30 @@ func (r *renderer) port(f family, cip netip.Addr, ext []netip.Addr, p model.Serv
 	r.chain(extChain, rules)
 	extVerdict = []string{"goto " + extChain}
 	for _, a := range ext {
-		r.elem("services"+f.v, []string{a.String(), proto, port}, extVerdict)
+		r.named("services"+f.v, []string{a.String(), proto, port}, extVerdict, human)
 	}
 	if p.NodePort != 0 {
-		r.elem("nodeports"+f.v, []string{proto, fmt.Sprint(p.NodePort)}, extVerdict)
+		r.named("nodeports"+f.v, []string{proto, fmt.Sprint(p.NodePort)}, extVerdict, human)
 	}
+}
+
+// sharedBalance puts eps (at least one) in the cluster endpoints map under
+// the ClusterIP and port, and returns the verdict that balances over them:
+// the shared chain for their number.
+func (r *renderer) sharedBalance(f family, cip netip.Addr, p model.ServicePort, eps []model.Endpoint) string {
+	proto := string(p.Protocol)
+	m := clusterEndpointsMap(f, proto)
+	name := fmt.Sprintf("lb%s-%s-%d", f.v, proto, len(eps))
+	if !r.chains[name] {
+		r.chains[name] = true
+		r.frag.Chains = append(r.frag.Chains, Chain{Name: name, Shared: true, Rules: []string{
+			fmt.Sprintf("meta l4proto %s dnat %s to %s daddr . %s dport . numgen random mod %d map @%s", proto, f.ip, f.ip, proto, len(eps), m),
+		}})
+	}
+	for i, e := range eps {
+		r.elem(m, []string{cip.String(), fmt.Sprint(p.Port), fmt.Sprint(i)}, []string{e.Addr.String(), fmt.Sprint(e.Port)})
+	}
+	return "goto " + name
 }
 
 // balance renders the rules that pick one of eps and DNAT to it. Without

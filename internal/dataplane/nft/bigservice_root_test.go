@@ -77,73 +77,87 @@ func TestServiceWithMoreEndpointsThanASlot(t *testing.T) {
 		}()
 	}
 
-	s := model.Service{ServiceName: model.ServiceName{Namespace: "ns", Name: "big"}, ClusterIPs: []netip.Addr{vip},
-		Ports: []model.ServicePort{{Name: "p", Protocol: model.TCP, Port: 80}}}
-	var eps []model.Endpoint
-	for i := range n {
-		eps = append(eps, model.Endpoint{Addr: netip.MustParseAddr("127.0.0.1"), Port: uint16(basePort + i), Ready: true, Serving: true, NodeName: "n1"})
-	}
-	key := model.PortKey{ServiceName: s.ServiceName, Port: "p", Protocol: model.TCP}
-	slots := proxy.NewSlots()
-	self := testSelf
-	self.NodeIPs = nil
-	sk := proxy.NewSkeleton(self)
-	p, err := NewProxy(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Delete(ctx)
-	sync := func(eps []model.Endpoint) {
-		t.Helper()
-		f, _ := proxy.Render(self, s, map[model.PortKey][]model.Endpoint{key: eps}, slots)
-		if _, err := p.Sync(ctx, sk, map[string]*proxy.Fragment{"ns/big": &f}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	sync(eps)
-	connect := func(tries int) {
-		t.Helper()
-		for range tries {
-			err := netns.Do(ns, func() error {
-				c, err := net.DialTimeout("tcp4", netip.AddrPortFrom(vip, 80).String(), 2*time.Second)
-				if err != nil {
-					return err
-				}
-				return c.Close()
-			})
-			if err != nil {
-				t.Fatalf("connect to the ClusterIP: %v", err)
+	// A ClusterIP-only port balances through the shared chains, with no
+	// slot; one with a node port has a chain of its own and, past a
+	// slot's size, a map of its own.
+	for _, v := range []struct {
+		name     string
+		nodePort uint16
+	}{{"cluster-ip-only", 0}, {"with-node-port", 30080}} {
+		t.Run(v.name, func(t *testing.T) {
+			nodePort := v.nodePort
+			mu.Lock()
+			clear(answered)
+			mu.Unlock()
+			s := model.Service{ServiceName: model.ServiceName{Namespace: "ns", Name: "big"}, ClusterIPs: []netip.Addr{vip},
+				Ports: []model.ServicePort{{Name: "p", Protocol: model.TCP, Port: 80, NodePort: nodePort}}}
+			var eps []model.Endpoint
+			for i := range n {
+				eps = append(eps, model.Endpoint{Addr: netip.MustParseAddr("127.0.0.1"), Port: uint16(basePort + i), Ready: true, Serving: true, NodeName: "n1"})
 			}
-		}
-	}
-	connect(300)
-	time.Sleep(100 * time.Millisecond)
-	mu.Lock()
-	beyond := 0
-	for i := range answered {
-		if i >= proxy.SlotSize {
-			beyond++
-		}
-	}
-	mu.Unlock()
-	// Each connection has a 600/4696 chance of an endpoint past the slot
-	// size: 300 connections all missing them would be a 1e-18 event.
-	if beyond == 0 {
-		t.Fatalf("no endpoint beyond the first %d answered 300 connections: the rest are cut off", proxy.SlotSize)
-	}
+			key := model.PortKey{ServiceName: s.ServiceName, Port: "p", Protocol: model.TCP}
+			slots := proxy.NewSlots()
+			self := testSelf
+			self.NodeIPs = nil
+			sk := proxy.NewSkeleton(self)
+			p, err := NewProxy(ns)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer p.Delete(ctx)
+			sync := func(eps []model.Endpoint) {
+				t.Helper()
+				f, _ := proxy.Render(self, s, map[model.PortKey][]model.Endpoint{key: eps}, slots)
+				if _, err := p.Sync(ctx, sk, map[string]*proxy.Fragment{"ns/big": &f}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			sync(eps)
+			connect := func(tries int) {
+				t.Helper()
+				for range tries {
+					err := netns.Do(ns, func() error {
+						c, err := net.DialTimeout("tcp4", netip.AddrPortFrom(vip, 80).String(), 2*time.Second)
+						if err != nil {
+							return err
+						}
+						return c.Close()
+					})
+					if err != nil {
+						t.Fatalf("connect to the ClusterIP: %v", err)
+					}
+				}
+			}
+			connect(300)
+			time.Sleep(100 * time.Millisecond)
+			mu.Lock()
+			beyond := 0
+			for i := range answered {
+				if i >= proxy.SlotSize {
+					beyond++
+				}
+			}
+			mu.Unlock()
+			// Each connection has a 600/4696 chance of an endpoint past the slot
+			// size: 300 connections all missing them would be a 1e-18 event.
+			if beyond == 0 {
+				t.Fatalf("no endpoint beyond the first %d answered 300 connections: the rest are cut off", proxy.SlotSize)
+			}
 
-	// Keep only endpoints past the slot size: every connection lands there.
-	sync(eps[proxy.SlotSize:])
-	mu.Lock()
-	clear(answered)
-	mu.Unlock()
-	connect(50)
-	time.Sleep(100 * time.Millisecond)
-	mu.Lock()
-	defer mu.Unlock()
-	for i := range answered {
-		if i < proxy.SlotSize {
-			t.Fatalf("removed endpoint %d still answered", i)
-		}
+			// Keep only endpoints past the slot size: every connection lands there.
+			sync(eps[proxy.SlotSize:])
+			mu.Lock()
+			clear(answered)
+			mu.Unlock()
+			connect(50)
+			time.Sleep(100 * time.Millisecond)
+			mu.Lock()
+			defer mu.Unlock()
+			for i := range answered {
+				if i < proxy.SlotSize {
+					t.Fatalf("removed endpoint %d still answered", i)
+				}
+			}
+		})
 	}
 }

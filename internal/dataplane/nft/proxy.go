@@ -38,6 +38,8 @@ type Proxy struct {
 	frags    map[string]proxy.Fragment
 	elems    map[elemKey]*elemEntry
 	isMap    map[string]bool
+	// shared counts the fragments holding each shared chain.
+	shared map[string]int
 }
 
 type elemKey struct{ set, key string }
@@ -48,24 +50,33 @@ type elemKey struct{ set, key string }
 // cost about half of the proxy's memory at 30,000 Services).
 type elemEntry struct {
 	owners []owned
-	// value and present are what the kernel holds.
-	value   []string
+	// held and present are what the kernel holds.
+	held    content
 	present bool
 }
 
 type owned struct {
 	owner string
-	value []string
+	content
 }
 
+// content is what an element carries besides its key.
+type content struct {
+	value   []string
+	comment string
+}
+
+func (c content) equal(o content) bool { return c.comment == o.comment && slices.Equal(c.value, o.value) }
+
 // set records owner's value for the element.
-func (e *elemEntry) set(owner string, value []string) {
+func (e *elemEntry) set(owner string, value []string, comment string) {
+	c := content{value, comment}
 	i, found := slices.BinarySearchFunc(e.owners, owner, func(o owned, k string) int { return strings.Compare(o.owner, k) })
 	if found {
-		e.owners[i].value = value
+		e.owners[i].content = c
 		return
 	}
-	e.owners = slices.Insert(e.owners, i, owned{owner, value})
+	e.owners = slices.Insert(e.owners, i, owned{owner, c})
 }
 
 // drop forgets owner's claim on the element.
@@ -76,12 +87,12 @@ func (e *elemEntry) drop(owner string) {
 	}
 }
 
-// winner is the value the element should have: the first owner's.
-func (e *elemEntry) winner() ([]string, bool) {
+// winner is what the element should carry: the first owner's.
+func (e *elemEntry) winner() (content, bool) {
 	if len(e.owners) == 0 {
-		return nil, false
+		return content{}, false
 	}
-	return e.owners[0].value, true
+	return e.owners[0].content, true
 }
 
 func (e *elemEntry) clone() *elemEntry {
@@ -120,6 +131,7 @@ func (p *Proxy) reset() {
 	p.frags = map[string]proxy.Fragment{}
 	p.elems = map[elemKey]*elemEntry{}
 	p.isMap = map[string]bool{}
+	p.shared = map[string]int{}
 }
 
 func (p *Proxy) do(fn func() error) error {
@@ -170,8 +182,15 @@ func (p *Proxy) stats(ops int, full bool) Stats {
 		s.Chains++
 		s.Rules += len(c.Rules)
 	}
+	seen := map[string]bool{}
 	for _, f := range p.frags {
 		for _, c := range f.Chains {
+			if c.Shared {
+				if seen[c.Name] {
+					continue
+				}
+				seen[c.Name] = true
+			}
 			s.Chains++
 			s.Rules += len(c.Rules)
 		}
@@ -235,6 +254,7 @@ func (p *Proxy) full(ctx context.Context, skel proxy.Skeleton, frags map[string]
 	for _, c := range skel.Chains {
 		addChain(c)
 	}
+	shared := map[string]int{}
 	for _, k := range keys {
 		for _, s := range frags[k].Sets {
 			if !wantSets[s.Name] {
@@ -242,6 +262,12 @@ func (p *Proxy) full(ctx context.Context, skel proxy.Skeleton, frags map[string]
 			}
 		}
 		for _, c := range frags[k].Chains {
+			if c.Shared {
+				shared[c.Name]++
+				if shared[c.Name] > 1 {
+					continue
+				}
+			}
 			addChain(c)
 		}
 	}
@@ -252,8 +278,15 @@ func (p *Proxy) full(ctx context.Context, skel proxy.Skeleton, frags map[string]
 	for _, c := range skel.Chains {
 		addRules(tx, c)
 	}
+	ruled := map[string]bool{}
 	for _, k := range keys {
 		for _, c := range frags[k].Chains {
+			if c.Shared {
+				if ruled[c.Name] {
+					continue
+				}
+				ruled[c.Name] = true
+			}
 			addRules(tx, c)
 		}
 	}
@@ -266,7 +299,7 @@ func (p *Proxy) full(ctx context.Context, skel proxy.Skeleton, frags map[string]
 				en = &elemEntry{}
 				elems[k] = en
 			}
-			en.set(owner, e.Value)
+			en.set(owner, e.Value, e.Comment)
 		}
 	}
 	own(skeletonOwner, skel.Elements)
@@ -275,8 +308,8 @@ func (p *Proxy) full(ctx context.Context, skel proxy.Skeleton, frags map[string]
 	}
 	for _, k := range sortedElemKeys(elems) {
 		en := elems[k]
-		en.value, en.present = en.winner()
-		tx.Add(element(k.set, isMap[k.set], []string{k.key}, en.value))
+		en.held, en.present = en.winner()
+		tx.Add(element(k.set, isMap[k.set], []string{k.key}, en.held))
 	}
 	// Whatever else is in the table is stale: empty the chains first, so
 	// that deleting one does not trip over a jump from another.
@@ -313,6 +346,7 @@ func (p *Proxy) full(ctx context.Context, skel proxy.Skeleton, frags map[string]
 	p.frags = frags
 	p.elems = elems
 	p.isMap = isMap
+	p.shared = shared
 	return p.stats(tx.NumOperations(), true), nil
 }
 
@@ -335,6 +369,20 @@ func (p *Proxy) incremental(ctx context.Context, changes map[string]*proxy.Fragm
 	isMap := map[string]bool{}
 	var goneChains []string
 	var goneSets []proxy.Set
+	// Holders of shared chains, staged: a chain one Service leaves and
+	// another takes in the same sync stays.
+	refs := map[string]int{}
+	sharedDef := map[string]proxy.Chain{}
+	hold := func(c proxy.Chain, d int) {
+		n, ok := refs[c.Name]
+		if !ok {
+			n = p.shared[c.Name]
+		}
+		refs[c.Name] = n + d
+		if d > 0 {
+			sharedDef[c.Name] = c
+		}
+	}
 	keys := make([]string, 0, len(changes))
 	for k := range changes {
 		keys = append(keys, k)
@@ -365,17 +413,32 @@ func (p *Proxy) incremental(ctx context.Context, changes map[string]*proxy.Fragm
 			}
 		}
 		oldChains := map[string][]string{}
+		oldShared := map[string]bool{}
 		for _, c := range old.Chains {
-			oldChains[c.Name] = c.Rules
+			if c.Shared {
+				oldShared[c.Name] = true
+			} else {
+				oldChains[c.Name] = c.Rules
+			}
 		}
 		newChains := map[string]bool{}
 		for _, c := range next.Chains {
+			if c.Shared {
+				newChains[c.Name] = true
+				if !oldShared[c.Name] {
+					hold(c, +1)
+				}
+				continue
+			}
 			newChains[c.Name] = true
 			if _, ok := oldChains[c.Name]; !ok {
 				tx.Add(&knftables.Chain{Name: c.Name})
 			}
 		}
 		for _, c := range next.Chains {
+			if c.Shared {
+				continue
+			}
 			rules, ok := oldChains[c.Name]
 			switch {
 			case !ok:
@@ -386,7 +449,11 @@ func (p *Proxy) incremental(ctx context.Context, changes map[string]*proxy.Fragm
 			}
 		}
 		for _, c := range old.Chains {
-			if !newChains[c.Name] {
+			switch {
+			case newChains[c.Name]:
+			case c.Shared:
+				hold(c, -1)
+			default:
 				goneChains = append(goneChains, c.Name)
 			}
 		}
@@ -396,7 +463,20 @@ func (p *Proxy) incremental(ctx context.Context, changes map[string]*proxy.Fragm
 		}
 		for _, e := range next.Elements {
 			k2 := elemKey{e.Set, e.KeyString()}
-			stage(k2).set(k, e.Value)
+			stage(k2).set(k, e.Value, e.Comment)
+		}
+	}
+	// Shared chains gaining their first holder are added before the
+	// elements that jump to them; those losing their last go with the
+	// other unused chains, after the elements.
+	for _, n := range sortedKeys(refs) {
+		before, after := p.shared[n], refs[n]
+		switch {
+		case before == 0 && after > 0:
+			tx.Add(&knftables.Chain{Name: n})
+			addRules(tx, sharedDef[n])
+		case before > 0 && after == 0:
+			goneChains = append(goneChains, n)
 		}
 	}
 	// Pass 2: elements, deletions before additions, so that a changed
@@ -411,17 +491,17 @@ func (p *Proxy) incremental(ctx context.Context, changes map[string]*proxy.Fragm
 	for _, k := range ekeys {
 		e := staged[k]
 		v, want := e.winner()
-		if e.present && (!want || !slices.Equal(v, e.value)) {
-			tx.Delete(element(k.set, mapOf(k.set), []string{k.key}, nil))
+		if e.present && (!want || !v.equal(e.held)) {
+			tx.Delete(element(k.set, mapOf(k.set), []string{k.key}, content{}))
 		}
 	}
 	for _, k := range ekeys {
 		e := staged[k]
 		v, want := e.winner()
-		if want && (!e.present || !slices.Equal(v, e.value)) {
+		if want && (!e.present || !v.equal(e.held)) {
 			tx.Add(element(k.set, mapOf(k.set), []string{k.key}, v))
 		}
-		e.value, e.present = v, want
+		e.held, e.present = v, want
 	}
 	// Pass 3: chains and sets nobody refers to any more.
 	for _, n := range goneChains {
@@ -460,6 +540,13 @@ func (p *Proxy) incremental(ctx context.Context, changes map[string]*proxy.Fragm
 	for n, m := range isMap {
 		p.isMap[n] = m
 	}
+	for n, c := range refs {
+		if c > 0 {
+			p.shared[n] = c
+		} else {
+			delete(p.shared, n)
+		}
+	}
 	return p.stats(tx.NumOperations(), false), nil
 }
 
@@ -497,8 +584,11 @@ func (p *Proxy) flushSet(tx *knftables.Transaction, name string, isMap bool) {
 	}
 }
 
-func element(set string, isMap bool, key, value []string) *knftables.Element {
-	e := &knftables.Element{Key: key, Value: value}
+func element(set string, isMap bool, key []string, c content) *knftables.Element {
+	e := &knftables.Element{Key: key, Value: c.value}
+	if c.comment != "" {
+		e.Comment = &c.comment
+	}
 	if isMap {
 		e.Map = set
 	} else {
