@@ -66,7 +66,9 @@ type content struct {
 	comment string
 }
 
-func (c content) equal(o content) bool { return c.comment == o.comment && slices.Equal(c.value, o.value) }
+func (c content) equal(o content) bool {
+	return c.comment == o.comment && slices.Equal(c.value, o.value)
+}
 
 // set records owner's value for the element.
 func (e *elemEntry) set(owner string, value []string, comment string) {
