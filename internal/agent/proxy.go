@@ -43,6 +43,8 @@ type svcProxy struct {
 	backend  *nft.Proxy
 	services cache.SharedIndexInformer
 	slices   cache.SharedIndexInformer
+	svcReg   cache.ResourceEventHandlerRegistration
+	sliceReg cache.ResourceEventHandlerRegistration
 	trigger  chan struct{}
 	ready    atomic.Bool
 	health   *healthServers
@@ -148,7 +150,13 @@ func (p *svcProxy) start(ctx context.Context) {
 			p.mark(k, time.Time{})
 		}
 	}
-	p.services.AddEventHandler(cache.ResourceEventHandlerFuncs{
+	// The registrations' HasSynced, unlike the informers', waits until
+	// every object of the first list has reached the handlers, which
+	// deliver asynchronously: the first sync then covers them all, rather
+	// than leaving tens of thousands of late marks for a second sync that
+	// renders every Service again (seen as a long add-one at 30,000).
+	var err error
+	p.svcReg, err = p.services.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: svcKey,
 		UpdateFunc: func(old, cur any) {
 			o, c := old.(*corev1.Service), cur.(*corev1.Service)
@@ -159,12 +167,15 @@ func (p *svcProxy) start(ctx context.Context) {
 		},
 		DeleteFunc: svcKey,
 	})
+	if err != nil {
+		p.a.cfg.Log.Error("service informer", "err", err)
+	}
 	sliceKey := func(o any) {
 		if k, ok := sliceService(o); ok {
 			p.mark(k, triggerTime(o))
 		}
 	}
-	p.slices.AddEventHandler(cache.ResourceEventHandlerFuncs{
+	p.sliceReg, err = p.slices.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: sliceKey,
 		UpdateFunc: func(old, cur any) {
 			o, c := old.(*discoveryv1.EndpointSlice), cur.(*discoveryv1.EndpointSlice)
@@ -175,6 +186,9 @@ func (p *svcProxy) start(ctx context.Context) {
 		},
 		DeleteFunc: sliceKey,
 	})
+	if err != nil {
+		p.a.cfg.Log.Error("endpointslice informer", "err", err)
+	}
 	f.Start(ctx.Done())
 }
 
@@ -182,7 +196,13 @@ func (p *svcProxy) start(ctx context.Context) {
 // one; minInterval spaces syncs so that a burst of changes (a rollout, or
 // start-up) is applied in few transactions.
 func (p *svcProxy) run(ctx context.Context) {
-	if !cache.WaitForCacheSync(ctx.Done(), p.services.HasSynced, p.slices.HasSynced) {
+	synced := []cache.InformerSynced{p.services.HasSynced, p.slices.HasSynced}
+	for _, r := range []cache.ResourceEventHandlerRegistration{p.svcReg, p.sliceReg} {
+		if r != nil {
+			synced = append(synced, r.HasSynced)
+		}
+	}
+	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		return
 	}
 	defer p.health.closeAll()

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/http/pprof"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -78,6 +79,9 @@ type agentConfig struct {
 	// LogLevel is debug, info, warn or error; debug adds a line per
 	// Service and policy sync, with its size and timings.
 	LogLevel string `json:"logLevel"`
+	// Profiling serves Go's pprof handlers under /debug/pprof/ on the
+	// health address, as kube-proxy's --profiling does.
+	Profiling bool `json:"profiling"`
 }
 
 func defaultAgentConfig() agentConfig {
@@ -176,6 +180,7 @@ func agentCmd() *cobra.Command {
 	f.StringVar(&c.Dataplane, "dataplane", c.Dataplane, "nftables, or ebpf (adds the socket-level Service balancer; needs --proxy, cgroup v2 and a BPF file system)")
 	f.StringVar(&c.BPFPinDir, "bpf-pin-dir", c.BPFPinDir, "where the eBPF dataplane pins its maps and links")
 	f.StringVar(&c.BPFCgroup, "bpf-cgroup", "", "cgroup v2 directory the eBPF balancer attaches to (default: the hierarchy's root)")
+	f.BoolVar(&c.Profiling, "profiling", false, "serve pprof under /debug/pprof/ on the health address")
 	f.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error (debug logs every Service and policy sync with its timings)")
 	f.BoolVar(&c.BPFScoped, "bpf-scoped", false, "balance only sockets in the node's own network namespace (for several nodes on one machine)")
 	return cmd
@@ -284,7 +289,7 @@ func runAgent(c agentConfig) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	if c.HealthAddr != "" {
-		go serveHealth(c.HealthAddr, a, log)
+		go serveHealth(c.HealthAddr, a, log, c.Profiling)
 	}
 	err = a.Run(ctx)
 	if c.RemoveConfOnExit {
@@ -300,8 +305,14 @@ func runAgent(c agentConfig) error {
 	return err
 }
 
-func serveHealth(addr string, a *agent.Agent, log *slog.Logger) {
+func serveHealth(addr string, a *agent.Agent, log *slog.Logger, profiling bool) {
 	mux := http.NewServeMux()
+	if profiling {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !a.Ready() {

@@ -86,5 +86,7 @@ func applyFlag(cfg, flags *agentConfig, name, clusterCIDRs, serviceCIDRs, chain 
 		cfg.BPFScoped = flags.BPFScoped
 	case "log-level":
 		cfg.LogLevel = flags.LogLevel
+	case "profiling":
+		cfg.Profiling = flags.Profiling
 	}
 }
