@@ -60,6 +60,7 @@ import (
 // measured many times. PODNET_BENCH_KP_TIMEOUT (default 10m) bounds
 // kube-proxy's first sync. PODNET_BENCH_GROW_ONLY=1 only grows the
 // apiserver state to the largest size, for later runs.
+// PODNET_BENCH_PROFILE=DIR saves podnet's heap profile after each run.
 func BenchmarkProxy(b *testing.B) {
 	testenv.RequireRoot(b)
 	sizes := envInts("PODNET_BENCH_PROXY_SIZES", []int{1000, 10000, 30000})
@@ -483,6 +484,26 @@ func nsGet(path, url string) (string, error) {
 
 var syncCount = regexp.MustCompile(`(?m)^kubeproxy_sync_proxy_rules_duration_seconds_count(\{[^}]*\})? ([0-9]+)`)
 
+// profileDir, from PODNET_BENCH_PROFILE, receives podnet's heap profile
+// at the end of each run.
+var profileDir = os.Getenv("PODNET_BENCH_PROFILE")
+
+func saveURL(url, path string) error {
+	resp, err := http.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, b, 0o644)
+}
+
 // run starts one proxy in a fresh namespace and measures it.
 func (pb *proxyBench) run(proxy, mode, tag string, addOne, latency bool) proxyResult {
 	b := pb.b
@@ -490,6 +511,7 @@ func (pb *proxyBench) run(proxy, mode, tag string, addOne, latency bool) proxyRe
 	defer cleanup()
 	var cmd *exec.Cmd
 	var synced func() bool
+	profile := func() {}
 	if proxy == "podnet" {
 		health := freeLocalAddr(b)
 		dir := filepath.Join(pb.tmp, tag)
@@ -503,6 +525,16 @@ func (pb *proxyBench) run(proxy, mode, tag string, addOne, latency bool) proxyRe
 			cg, pins, leave := ebpfSandbox(b)
 			defer leave()
 			cmd.Args = append(cmd.Args, "--dataplane", "ebpf", "--bpf-cgroup", cg, "--bpf-scoped", "--bpf-pin-dir", pins)
+		}
+		if profileDir != "" {
+			cmd.Args = append(cmd.Args, "--profiling")
+			profile = func() {
+				// The heap as the run ends: after the full sync and the
+				// add-one, for `go tool pprof`.
+				if err := saveURL("http://"+health+"/debug/pprof/heap", filepath.Join(profileDir, "heap-"+mode+"-"+tag+".pb.gz")); err != nil {
+					b.Logf("heap profile: %v", err)
+				}
+			}
 		}
 		synced = func() bool {
 			resp, err := http.Get("http://" + health + "/readyz")
@@ -617,6 +649,7 @@ func (pb *proxyBench) run(proxy, mode, tag string, addOne, latency bool) proxyRe
 		res.latency = pb.latency(ns, label, first, last)
 	}
 	res.peakMiB = peakRSS(cmd.Process.Pid)
+	profile()
 	return res
 }
 

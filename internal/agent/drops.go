@@ -174,6 +174,27 @@ func (a *Agent) Flows(f flow.Filter, after uint64) ([]flow.Record, uint64) {
 	return flow.Collect(recs, f), seq
 }
 
+// WaitFlows is Flows that, when nothing passing f is newer than after,
+// waits for such a record until done is closed: followers are told of a
+// flow as soon as it is recorded, without polling.
+func (a *Agent) WaitFlows(done <-chan struct{}, f flow.Filter, after uint64) ([]flow.Record, uint64) {
+	for {
+		recs, seq := a.Flows(f, after)
+		if len(recs) > 0 || after == 0 {
+			return recs, seq
+		}
+		select {
+		case <-done:
+			return recs, seq
+		default:
+		}
+		a.flows.Wait(done, seq)
+		// Records that f rejects move the sequence on, so nothing is
+		// looked at twice.
+		after = seq
+	}
+}
+
 // PolicyWorld returns the policy world of the last applied sync (nil when
 // policy is off or has not synced yet).
 func (a *Agent) PolicyWorld() *netpol.World {

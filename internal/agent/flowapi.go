@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"strconv"
@@ -9,17 +10,25 @@ import (
 	"github.com/podnet/podnet/internal/flow"
 )
 
+// maxFlowWait bounds a long poll, below the usual idle timeouts of
+// proxies in between.
+const maxFlowWait = time.Minute
+
 // FlowPage is the answer of the /flows endpoint.
 type FlowPage struct {
 	Node  string        `json:"node"`
 	Flows []flow.Record `json:"flows"`
 	// Seq is the ring's sequence number: pass it back as ?after= to get
-	// only newer flows (podnet flows --follow does).
+	// only newer flows (podnet flows --follow does, with ?wait=).
 	Seq uint64 `json:"seq"`
 }
 
 // FlowsHandler serves the node's recent flows, filtered by the query:
 // from, to, verdict, since (a duration) and after (a sequence number).
+// With after and wait (a duration, at most a minute), a request that finds
+// nothing new is held until a matching flow is recorded or the wait ends:
+// a long poll, which streams flows through any HTTP proxy in between
+// (the apiserver's pod proxy, the lab's API).
 func FlowsHandler(a *Agent) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()
@@ -35,7 +44,22 @@ func FlowsHandler(a *Agent) http.Handler {
 				return
 			}
 		}
-		recs, seq := a.Flows(f, after)
+		var wait time.Duration
+		if s := q.Get("wait"); s != "" {
+			if wait, err = time.ParseDuration(s); err != nil || wait < 0 || wait > maxFlowWait {
+				http.Error(w, "wait: want a duration up to 1m", http.StatusBadRequest)
+				return
+			}
+		}
+		var recs []flow.Record
+		var seq uint64
+		if wait > 0 && after > 0 {
+			ctx, cancel := context.WithTimeout(r.Context(), wait)
+			recs, seq = a.WaitFlows(ctx.Done(), f, after)
+			cancel()
+		} else {
+			recs, seq = a.Flows(f, after)
+		}
 		if recs == nil {
 			recs = []flow.Record{}
 		}

@@ -24,6 +24,46 @@ type flowSource struct {
 	seq  uint64
 }
 
+// followWait is how long the agent may hold one request of --follow.
+const followWait = 25 * time.Second
+
+// follow long-polls the node for flows after s.seq and sends each batch
+// to out until ctx ends. A failed request is retried after a pause, so an
+// agent that restarts is picked up again.
+func (s *flowSource) follow(ctx context.Context, q url.Values, out chan<- []flow.Record) {
+	for ctx.Err() == nil {
+		qq := url.Values{}
+		for k, v := range q {
+			qq[k] = v
+		}
+		qq.Del("since")
+		qq.Set("after", fmt.Sprint(max(s.seq, 1)))
+		qq.Set("wait", followWait.String())
+		page, err := s.get(ctx, qq)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			fmt.Fprintf(os.Stderr, "node %s: %v\n", s.node, err)
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		// An agent that restarted has a new ring with a lower sequence
+		// number: taking it as it comes follows the new ring.
+		s.seq = page.Seq
+		if len(page.Flows) > 0 {
+			select {
+			case out <- page.Flows:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}
+}
+
 func flowsCmd() *cobra.Command {
 	var labName, kubeconfig, node, from, to, verdict, since, output, namespace string
 	var follow bool
@@ -63,26 +103,7 @@ func flowsCmd() *cobra.Command {
 			}
 			q := url.Values{"from": {from}, "to": {to}, "verdict": {verdict}, "since": {since}}
 			enc := json.NewEncoder(os.Stdout)
-			for {
-				var recs []flow.Record
-				for _, s := range sources {
-					qq := url.Values{}
-					for k, v := range q {
-						qq[k] = v
-					}
-					if s.seq > 0 {
-						qq.Set("after", fmt.Sprint(s.seq))
-						qq.Del("since")
-					}
-					page, err := s.get(ctx, qq)
-					if err != nil {
-						fmt.Fprintf(os.Stderr, "node %s: %v\n", s.node, err)
-						continue
-					}
-					s.seq = page.Seq
-					recs = append(recs, page.Flows...)
-				}
-				sort.SliceStable(recs, func(i, j int) bool { return recs[i].Time.Before(recs[j].Time) })
+			print := func(recs []flow.Record) {
 				for _, r := range recs {
 					if output == "json" {
 						enc.Encode(r)
@@ -90,13 +111,36 @@ func flowsCmd() *cobra.Command {
 						fmt.Println(r)
 					}
 				}
-				if !follow {
-					return nil
+			}
+			// What every node holds now, in time order.
+			var recs []flow.Record
+			for _, s := range sources {
+				page, err := s.get(ctx, q)
+				if err != nil {
+					fmt.Fprintf(os.Stderr, "node %s: %v\n", s.node, err)
+					continue
 				}
+				s.seq = page.Seq
+				recs = append(recs, page.Flows...)
+			}
+			sort.SliceStable(recs, func(i, j int) bool { return recs[i].Time.Before(recs[j].Time) })
+			print(recs)
+			if !follow {
+				return nil
+			}
+			// Then each node's new flows as they are recorded: one long
+			// poll per node (the agent holds the request until a flow
+			// matches), so a quiet node does not delay a busy one.
+			out := make(chan []flow.Record)
+			for _, s := range sources {
+				go s.follow(ctx, q, out)
+			}
+			for {
 				select {
 				case <-ctx.Done():
 					return nil
-				case <-time.After(time.Second):
+				case recs := <-out:
+					print(recs)
 				}
 			}
 		},

@@ -88,6 +88,9 @@ type Ring struct {
 	full bool
 	// seq counts records ever added, so followers can ask for what is new.
 	seq uint64
+	// added is closed by the next Add, to wake followers; made only when
+	// someone waits, so a busy ring with no follower allocates nothing.
+	added chan struct{}
 }
 
 // NewRing holds up to n records.
@@ -103,6 +106,29 @@ func (r *Ring) Add(rec Record) {
 		r.full = true
 	}
 	r.seq++
+	if r.added != nil {
+		close(r.added)
+		r.added = nil
+	}
+}
+
+// Wait returns when a record newer than sequence number after is held,
+// or when done is closed.
+func (r *Ring) Wait(done <-chan struct{}, after uint64) {
+	r.mu.Lock()
+	if r.seq > after {
+		r.mu.Unlock()
+		return
+	}
+	if r.added == nil {
+		r.added = make(chan struct{})
+	}
+	ch := r.added
+	r.mu.Unlock()
+	select {
+	case <-ch:
+	case <-done:
+	}
 }
 
 // Since returns the records added after sequence number after (0: all
