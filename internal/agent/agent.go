@@ -104,6 +104,8 @@ type Agent struct {
 	policy  *netPolicy
 	names   *names
 	flows   *flow.Ring
+	// nodesSynced reports whether the node store has its first list.
+	nodesSynced func() bool
 	flowLog *flow.Exporter
 	trigger chan struct{}
 	ready   atomic.Bool
@@ -243,15 +245,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}}
 	a.nodes = store.nodes
+	a.nodesSynced = store.synced.Load
 	watchNodes(ctx, a.cfg.Client, store)
-	if !cache.WaitForCacheSync(ctx.Done(), store.synced.Load) {
-		return ctx.Err()
-	}
-	if a.cfg.Allocator != nil {
-		if err := a.claimPodCIDRs(ctx); err != nil {
-			return err
-		}
-	}
+	// The proxy's and policy's informers list while the nodes do: at
+	// start-up, listing tens of thousands of Services is the long pole.
+	// Their loops wait for the nodes too.
 	if a.proxy != nil {
 		a.proxy.start(ctx)
 		go a.proxy.run(ctx)
@@ -259,6 +257,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.policy != nil {
 		a.policy.start(ctx)
 		go a.policy.run(ctx)
+	}
+	if !waitSynced(ctx, store.synced.Load) {
+		return ctx.Err()
+	}
+	if a.cfg.Allocator != nil {
+		if err := a.claimPodCIDRs(ctx); err != nil {
+			return err
+		}
 	}
 	if a.names != nil {
 		go a.names.pods.Run(ctx.Done())
@@ -274,6 +280,30 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer a.sock.close()
 	a.loop(ctx)
 	return nil
+}
+
+// waitSynced waits until every fn reports synced, or ctx ends (false).
+// client-go's WaitForCacheSync looks every 100 ms; at start-up that is a
+// noticeable share of a small cluster's first sync, so this looks every
+// 5 ms.
+func waitSynced(ctx context.Context, fns ...func() bool) bool {
+	for {
+		done := true
+		for _, f := range fns {
+			if !f() {
+				done = false
+				break
+			}
+		}
+		if done {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
 }
 
 // loop is level-triggered: every wake-up recomputes the whole desired state

@@ -112,7 +112,7 @@ func samePolicyPod(a, b model.PolicyPod) bool {
 }
 
 func (p *netPolicy) run(ctx context.Context) {
-	if !cache.WaitForCacheSync(ctx.Done(), p.pods.HasSynced, p.namespaces.HasSynced, p.policies.HasSynced) {
+	if !waitSynced(ctx, p.pods.HasSynced, p.namespaces.HasSynced, p.policies.HasSynced, p.a.nodesSynced) {
 		return
 	}
 	p.kick()

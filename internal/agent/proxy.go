@@ -196,13 +196,13 @@ func (p *svcProxy) start(ctx context.Context) {
 // one; minInterval spaces syncs so that a burst of changes (a rollout, or
 // start-up) is applied in few transactions.
 func (p *svcProxy) run(ctx context.Context) {
-	synced := []cache.InformerSynced{p.services.HasSynced, p.slices.HasSynced}
+	synced := []func() bool{p.services.HasSynced, p.slices.HasSynced, p.a.nodesSynced}
 	for _, r := range []cache.ResourceEventHandlerRegistration{p.svcReg, p.sliceReg} {
 		if r != nil {
 			synced = append(synced, r.HasSynced)
 		}
 	}
-	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
+	if !waitSynced(ctx, synced...) {
 		return
 	}
 	defer p.health.closeAll()

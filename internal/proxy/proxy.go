@@ -272,7 +272,10 @@ func NewSkeleton(self Self) Skeleton {
 }
 
 // EndpointShards is the number of endpoints maps per family and protocol.
-const EndpointShards = 64
+// Only ports with their own chains use them (node ports, external IPs,
+// affinity: a minority), so a few shards keep the rules bound to each map
+// few, while every full sync pays for each empty map it declares.
+const EndpointShards = 16
 
 func clusterEndpointsMap(f family, proto string) string {
 	return fmt.Sprintf("cluster-endpoints%s-%s", f.v, proto)

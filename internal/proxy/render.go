@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"fmt"
+	"strconv"
 	"net/netip"
 	"slices"
 	"strings"
@@ -109,15 +110,19 @@ func (r *renderer) hasRanges(f family) bool {
 // port renders one Service port in one family.
 func (r *renderer) port(f family, cip netip.Addr, ext []netip.Addr, p model.ServicePort, cluster, local []model.Endpoint, usable bool) {
 	s := r.svc
-	id := chainID(s.Namespace, s.Name, p.Name, string(p.Protocol), f.v)
-	human := fmt.Sprintf("%s/%s/%s", s.Namespace, s.Name, p.Name)
-	svcChain := chainName("svc", f, id, human)
-	locChain := chainName("loc", f, id, human)
-	extChain := chainName("ext", f, id, human)
-	proto, port := string(p.Protocol), fmt.Sprint(p.Port)
+	human := s.Namespace + "/" + s.Name + "/" + p.Name
+	proto, port := string(p.Protocol), strconv.Itoa(int(p.Port))
 	// Reached only by the ClusterIP, with no affinity to remember: the
-	// shared balancer chains serve the port.
+	// shared balancer chains serve the port. Only other ports need chain
+	// names (a hash each), so they are made only for those.
 	shared := s.Affinity == 0 && len(ext) == 0 && p.NodePort == 0
+	var id, svcChain, locChain, extChain string
+	if !shared {
+		id = chainID(s.Namespace, s.Name, p.Name, string(p.Protocol), f.v)
+		svcChain = chainName("svc", f, id, human)
+		locChain = chainName("loc", f, id, human)
+		extChain = chainName("ext", f, id, human)
+	}
 	useSvc := func() string {
 		if shared {
 			return r.sharedBalance(f, cip, p, cluster)
@@ -215,8 +220,9 @@ func (r *renderer) sharedBalance(f family, cip netip.Addr, p model.ServicePort, 
 			fmt.Sprintf("meta l4proto %s dnat %s to %s daddr . %s dport . numgen random mod %d map @%s", proto, f.ip, f.ip, proto, len(eps), m),
 		}})
 	}
+	c, port := cip.String(), strconv.Itoa(int(p.Port))
 	for i, e := range eps {
-		r.elem(m, []string{cip.String(), fmt.Sprint(p.Port), fmt.Sprint(i)}, []string{e.Addr.String(), fmt.Sprint(e.Port)})
+		r.elem(m, []string{c, port, strconv.Itoa(i)}, []string{e.Addr.String(), strconv.Itoa(int(e.Port))})
 	}
 	return "goto " + name
 }
