@@ -106,10 +106,10 @@ type Agent struct {
 	flows   *flow.Ring
 	// nodesSynced reports whether the node store has its first list.
 	nodesSynced func() bool
-	flowLog *flow.Exporter
-	trigger chan struct{}
-	ready   atomic.Bool
-	nodes   func() ([]*corev1.Node, error)
+	flowLog     *flow.Exporter
+	trigger     chan struct{}
+	ready       atomic.Bool
+	nodes       func() ([]*corev1.Node, error)
 
 	configured  bool // the conflist has been written
 	lastMasq    *nft.MasqConfig

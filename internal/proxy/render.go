@@ -2,9 +2,9 @@ package proxy
 
 import (
 	"fmt"
-	"strconv"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/podnet/podnet/internal/model"
