@@ -74,8 +74,17 @@ func plug(t *testing.T, node, peer, name string, nodeAddr, peerAddr netip.Prefix
 // TestProxyRestartKeepsConnections restarts a podnet agent (the service
 // proxy) while a long-lived TCP stream and a steady stream of new
 // connections run through a ClusterIP: neither may see a single error.
+// It runs under each dataplane: under eBPF the socket balancer's pinned
+// maps and programs keep translating while no agent runs, and the
+// restarted agent takes them over.
 func TestProxyRestartKeepsConnections(t *testing.T) {
 	testenv.RequireRoot(t)
+	for _, dp := range []string{"nftables", "ebpf"} {
+		t.Run(dp, func(t *testing.T) { testProxyRestart(t, dp) })
+	}
+}
+
+func testProxyRestart(t *testing.T, dataplane string) {
 	api := testenv.StartAPIServer(t)
 	c := clientFor(t, api)
 	ctx := context.Background()
@@ -125,9 +134,17 @@ func TestProxyRestartKeepsConnections(t *testing.T) {
 	bin := filepath.Join(testenv.Binaries(t), "podnet")
 	health := freeAddr(t)
 	tmp := t.TempDir()
+	var extra []string
+	if dataplane == "ebpf" {
+		// This process (the client) joins a throwaway cgroup that the
+		// balancer attaches to; the pins live in a private BPF file
+		// system.
+		cg, pins := testenv.EBPFSandbox(t)
+		extra = []string{"--dataplane", "ebpf", "--bpf-cgroup", cg, "--bpf-pin-dir", pins}
+	}
 	start := func() *exec.Cmd {
-		cmd := exec.Command(bin, "agent", "--kubeconfig", api.Kubeconfig, "--node-name", "solo", "--mode", "direct",
-			"--netns", node, "--proxy", "--cni-conf-dir", filepath.Join(tmp, "net.d"), "--cni-data-dir", filepath.Join(tmp, "data"), "--health-addr", health)
+		cmd := exec.Command(bin, append([]string{"agent", "--kubeconfig", api.Kubeconfig, "--node-name", "solo", "--mode", "direct",
+			"--netns", node, "--proxy", "--cni-conf-dir", filepath.Join(tmp, "net.d"), "--cni-data-dir", filepath.Join(tmp, "data"), "--health-addr", health}, extra...)...)
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 		if err := cmd.Start(); err != nil {
@@ -240,6 +257,22 @@ func TestProxyRestartKeepsConnections(t *testing.T) {
 	}
 	if echoed.Load() < 50 || newOK.Load() < 25 {
 		t.Fatalf("too little traffic to prove anything: %d echoes, %d new connections", echoed.Load(), newOK.Load())
+	}
+	if dataplane == "ebpf" {
+		// The connections were the balancer's: they left the client
+		// addressed to the endpoint, so the node forwarded them with no
+		// NAT. (Under nftables every one is DNATed.)
+		var nat, direct int
+		for _, f := range conntrackFlows(t, node) {
+			if f.nat || f.origDst.String() == svc.Spec.ClusterIP {
+				nat++
+			} else if f.origDst.String() == "10.0.2.2" {
+				direct++
+			}
+		}
+		if nat > 0 || direct == 0 {
+			t.Errorf("conntrack on the node: %d translated per packet, %d addressed to the endpoint; want all by the socket balancer", nat, direct)
+		}
 	}
 	t.Logf("across the restart: %d stream echoes and %d new connections, no errors", echoed.Load(), newOK.Load())
 }
