@@ -65,7 +65,7 @@ struct rev_key {
 struct rev_val {
 	__u32 addr[4];
 	__u16 port;
-	__u16 pad;
+	__u16 reported; // a UDP flow event was sent for this socket and backend
 };
 
 struct {
@@ -115,6 +115,29 @@ struct {
 	__type(value, struct rev_val);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } podnet_udp_rev SEC(".maps");
+
+// Flow events: one per connection the balancer translated (TCP when the
+// SYN is about to leave, UDP at the first reply), with the Service
+// address the socket named, for the agent's flow log. The conntrack
+// entries of these connections carry no NAT, so without this the log
+// could not say which Service a flow was for.
+struct flow_event {
+	__u64 netns;
+	__u32 src[4];
+	__u32 dst[4]; // the backend
+	__u32 svc[4]; // the Service address the socket named
+	__u16 src_port; // all ports in network byte order
+	__u16 dst_port;
+	__u16 svc_port;
+	__u8 proto;
+	__u8 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} podnet_events SEC(".maps");
 
 // The network namespaces this node balances for, by netns cookie. Key 0
 // means every namespace (a node with one agent per machine).
@@ -258,7 +281,47 @@ int podnet_sendmsg6(struct bpf_sock_addr *ctx) { return translate6(ctx, 1); }
 // restore puts the Service address back where the kernel reports a
 // backend's address to the application: the source of a UDP reply, or a
 // connected socket's peer.
-static __always_inline int restore4(struct bpf_sock_addr *ctx)
+// report sends the flow event of a UDP socket's first reply from a
+// backend: the socket has its own address by then.
+static __always_inline void report(struct bpf_sock_addr *ctx, struct rev_key *rk, struct rev_val *rv)
+{
+	if (rv->reported)
+		return;
+	rv->reported = 1;
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk)
+		return;
+	struct flow_event *ev = bpf_ringbuf_reserve(&podnet_events, sizeof(*ev), 0);
+	if (!ev)
+		return;
+	__builtin_memset(ev, 0, sizeof(*ev));
+	ev->netns = bpf_get_netns_cookie(ctx);
+	ev->proto = IPPROTO_UDP;
+	// The verifier takes only constant-offset loads from a socket, so
+	// each field is read on its own: the barriers keep the compiler
+	// from sharing an address computation between them.
+	if (sk->family == 2) { // AF_INET
+		ev->src[2] = bpf_htonl(0xffff);
+		ev->src[3] = sk->src_ip4;
+	} else {
+		ev->src[0] = sk->src_ip6[0];
+		asm volatile("" : "+r"(sk));
+		ev->src[1] = sk->src_ip6[1];
+		asm volatile("" : "+r"(sk));
+		ev->src[2] = sk->src_ip6[2];
+		asm volatile("" : "+r"(sk));
+		ev->src[3] = sk->src_ip6[3];
+		asm volatile("" : "+r"(sk));
+	}
+	ev->src_port = bpf_htons((__u16)sk->src_port);
+	__builtin_memcpy(ev->dst, rk->addr, sizeof(ev->dst));
+	ev->dst_port = rk->port;
+	__builtin_memcpy(ev->svc, rv->addr, sizeof(ev->svc));
+	ev->svc_port = rv->port;
+	bpf_ringbuf_submit(ev, 0);
+}
+
+static __always_inline int restore4(struct bpf_sock_addr *ctx, int recv)
 {
 	if (!mine(ctx))
 		return 1;
@@ -268,12 +331,14 @@ static __always_inline int restore4(struct bpf_sock_addr *ctx)
 	struct rev_val *rv = bpf_map_lookup_elem(&podnet_udp_rev, &rk);
 	if (!rv)
 		return 1;
+	if (recv)
+		report(ctx, &rk, rv);
 	ctx->user_ip4 = rv->addr[3];
 	ctx->user_port = rv->port;
 	return 1;
 }
 
-static __always_inline int restore6(struct bpf_sock_addr *ctx)
+static __always_inline int restore6(struct bpf_sock_addr *ctx, int recv)
 {
 	if (!mine(ctx))
 		return 1;
@@ -285,6 +350,8 @@ static __always_inline int restore6(struct bpf_sock_addr *ctx)
 	struct rev_val *rv = bpf_map_lookup_elem(&podnet_udp_rev, &rk);
 	if (!rv)
 		return 1;
+	if (recv)
+		report(ctx, &rk, rv);
 	ctx->user_ip6[0] = rv->addr[0];
 	ctx->user_ip6[1] = rv->addr[1];
 	ctx->user_ip6[2] = rv->addr[2];
@@ -294,13 +361,64 @@ static __always_inline int restore6(struct bpf_sock_addr *ctx)
 }
 
 SEC("cgroup/recvmsg4")
-int podnet_recvmsg4(struct bpf_sock_addr *ctx) { return restore4(ctx); }
+int podnet_recvmsg4(struct bpf_sock_addr *ctx) { return restore4(ctx, 1); }
 
 SEC("cgroup/recvmsg6")
-int podnet_recvmsg6(struct bpf_sock_addr *ctx) { return restore6(ctx); }
+int podnet_recvmsg6(struct bpf_sock_addr *ctx) { return restore6(ctx, 1); }
 
 SEC("cgroup/getpeername4")
-int podnet_getpeername4(struct bpf_sock_addr *ctx) { return restore4(ctx); }
+int podnet_getpeername4(struct bpf_sock_addr *ctx) { return restore4(ctx, 0); }
 
 SEC("cgroup/getpeername6")
-int podnet_getpeername6(struct bpf_sock_addr *ctx) { return restore6(ctx); }
+int podnet_getpeername6(struct bpf_sock_addr *ctx) { return restore6(ctx, 0); }
+
+// A TCP connection the balancer translated is reported when its SYN is
+// about to leave: the socket has its own address and port by then, and
+// podnet_udp_rev (despite its name, filled by every translated connect)
+// names the Service it meant.
+SEC("sockops")
+int podnet_sockops(struct bpf_sock_ops *skops)
+{
+	if (skops->op != BPF_SOCK_OPS_TCP_CONNECT_CB)
+		return 1;
+	// The kernel hands sock_ops the remote port in network byte order
+	// in the upper half of the field (on little-endian machines).
+	struct rev_key rk = {.cookie = bpf_get_socket_cookie(skops), .port = (__u16)(skops->remote_port >> 16)};
+	struct flow_event ev = {};
+	if (skops->family == 2) { // AF_INET
+		rk.addr[2] = bpf_htonl(0xffff);
+		rk.addr[3] = skops->remote_ip4;
+		ev.src[2] = bpf_htonl(0xffff);
+		ev.src[3] = skops->local_ip4;
+	} else {
+		// One constant-offset load each (see report).
+		rk.addr[0] = skops->remote_ip6[0];
+		asm volatile("" : "+r"(skops));
+		rk.addr[1] = skops->remote_ip6[1];
+		asm volatile("" : "+r"(skops));
+		rk.addr[2] = skops->remote_ip6[2];
+		asm volatile("" : "+r"(skops));
+		rk.addr[3] = skops->remote_ip6[3];
+		asm volatile("" : "+r"(skops));
+		ev.src[0] = skops->local_ip6[0];
+		asm volatile("" : "+r"(skops));
+		ev.src[1] = skops->local_ip6[1];
+		asm volatile("" : "+r"(skops));
+		ev.src[2] = skops->local_ip6[2];
+		asm volatile("" : "+r"(skops));
+		ev.src[3] = skops->local_ip6[3];
+		asm volatile("" : "+r"(skops));
+	}
+	struct rev_val *rv = bpf_map_lookup_elem(&podnet_udp_rev, &rk);
+	if (!rv)
+		return 1;
+	ev.netns = bpf_get_netns_cookie(skops);
+	ev.proto = IPPROTO_TCP;
+	ev.src_port = bpf_htons((__u16)skops->local_port);
+	__builtin_memcpy(ev.dst, rk.addr, sizeof(ev.dst));
+	ev.dst_port = rk.port;
+	__builtin_memcpy(ev.svc, rv->addr, sizeof(ev.svc));
+	ev.svc_port = rv->port;
+	bpf_ringbuf_output(&podnet_events, &ev, sizeof(ev), 0);
+	return 1;
+}

@@ -75,6 +75,7 @@ func (l *SockLB) attachments() []struct {
 		{"recvmsg6", cebpf.AttachCGroupUDP6Recvmsg, p.PodnetRecvmsg6},
 		{"getpeername4", cebpf.AttachCgroupInet4GetPeername, p.PodnetGetpeername4},
 		{"getpeername6", cebpf.AttachCgroupInet6GetPeername, p.PodnetGetpeername6},
+		{"sockops", cebpf.AttachCGroupSockOps, p.PodnetSockops},
 	}
 }
 
@@ -178,7 +179,7 @@ func (l *SockLB) Remove() error {
 			errs = append(errs, lk.Unpin(), lk.Close())
 		}
 	}
-	for _, m := range []*cebpf.Map{l.objs.PodnetServices, l.objs.PodnetBackends, l.objs.PodnetUdpRev, l.objs.PodnetNetns, l.objs.PodnetAffinity} {
+	for _, m := range []*cebpf.Map{l.objs.PodnetServices, l.objs.PodnetBackends, l.objs.PodnetUdpRev, l.objs.PodnetNetns, l.objs.PodnetAffinity, l.objs.PodnetEvents} {
 		if m != nil && m.IsPinned() {
 			errs = append(errs, m.Unpin())
 		}

@@ -52,10 +52,10 @@ type socklbRevKey struct {
 }
 
 type socklbRevVal struct {
-	_    structs.HostLayout
-	Addr [4]uint32
-	Port uint16
-	Pad  uint16
+	_        structs.HostLayout
+	Addr     [4]uint32
+	Port     uint16
+	Reported uint16
 }
 
 type socklbSvcKey struct {
@@ -80,6 +80,7 @@ type socklbSvcVal struct {
 const (
 	socklbMapPodnetAffinity      = "podnet_affinity"
 	socklbMapPodnetBackends      = "podnet_backends"
+	socklbMapPodnetEvents        = "podnet_events"
 	socklbMapPodnetNetns         = "podnet_netns"
 	socklbMapPodnetServices      = "podnet_services"
 	socklbMapPodnetUdpRev        = "podnet_udp_rev"
@@ -91,6 +92,7 @@ const (
 	socklbProgPodnetRecvmsg6     = "podnet_recvmsg6"
 	socklbProgPodnetSendmsg4     = "podnet_sendmsg4"
 	socklbProgPodnetSendmsg6     = "podnet_sendmsg6"
+	socklbProgPodnetSockops      = "podnet_sockops"
 )
 
 // loadSocklb returns the embedded CollectionSpec for socklb.
@@ -143,6 +145,7 @@ type socklbProgramSpecs struct {
 	PodnetRecvmsg6     *ebpf.ProgramSpec `ebpf:"podnet_recvmsg6"`
 	PodnetSendmsg4     *ebpf.ProgramSpec `ebpf:"podnet_sendmsg4"`
 	PodnetSendmsg6     *ebpf.ProgramSpec `ebpf:"podnet_sendmsg6"`
+	PodnetSockops      *ebpf.ProgramSpec `ebpf:"podnet_sockops"`
 }
 
 // socklbMapSpecs contains maps before they are loaded into the kernel.
@@ -151,6 +154,7 @@ type socklbProgramSpecs struct {
 type socklbMapSpecs struct {
 	PodnetAffinity *ebpf.MapSpec `ebpf:"podnet_affinity"`
 	PodnetBackends *ebpf.MapSpec `ebpf:"podnet_backends"`
+	PodnetEvents   *ebpf.MapSpec `ebpf:"podnet_events"`
 	PodnetNetns    *ebpf.MapSpec `ebpf:"podnet_netns"`
 	PodnetServices *ebpf.MapSpec `ebpf:"podnet_services"`
 	PodnetUdpRev   *ebpf.MapSpec `ebpf:"podnet_udp_rev"`
@@ -184,6 +188,7 @@ func (o *socklbObjects) Close() error {
 type socklbMaps struct {
 	PodnetAffinity *ebpf.Map `ebpf:"podnet_affinity"`
 	PodnetBackends *ebpf.Map `ebpf:"podnet_backends"`
+	PodnetEvents   *ebpf.Map `ebpf:"podnet_events"`
 	PodnetNetns    *ebpf.Map `ebpf:"podnet_netns"`
 	PodnetServices *ebpf.Map `ebpf:"podnet_services"`
 	PodnetUdpRev   *ebpf.Map `ebpf:"podnet_udp_rev"`
@@ -193,6 +198,7 @@ func (m *socklbMaps) Close() error {
 	return _SocklbClose(
 		m.PodnetAffinity,
 		m.PodnetBackends,
+		m.PodnetEvents,
 		m.PodnetNetns,
 		m.PodnetServices,
 		m.PodnetUdpRev,
@@ -217,6 +223,7 @@ type socklbPrograms struct {
 	PodnetRecvmsg6     *ebpf.Program `ebpf:"podnet_recvmsg6"`
 	PodnetSendmsg4     *ebpf.Program `ebpf:"podnet_sendmsg4"`
 	PodnetSendmsg6     *ebpf.Program `ebpf:"podnet_sendmsg6"`
+	PodnetSockops      *ebpf.Program `ebpf:"podnet_sockops"`
 }
 
 func (p *socklbPrograms) Close() error {
@@ -229,6 +236,7 @@ func (p *socklbPrograms) Close() error {
 		p.PodnetRecvmsg6,
 		p.PodnetSendmsg4,
 		p.PodnetSendmsg6,
+		p.PodnetSockops,
 	)
 }
 

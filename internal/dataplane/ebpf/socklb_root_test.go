@@ -26,8 +26,8 @@ import (
 // The tests' client is this test binary run again as a child process, so
 // that it can start inside the test's cgroup and network namespace:
 // PODNET_SOCKLB_CLIENT="proto addr:port count" makes it connect (or send)
-// count times and print, per try, what answered and the peer address the
-// socket API reported.
+// count times and print, per try, what answered, the peer address the
+// socket API reported, and the socket's own address.
 func TestMain(m *testing.M) {
 	if spec := os.Getenv("PODNET_SOCKLB_CLIENT"); spec != "" {
 		client(spec)
@@ -49,7 +49,7 @@ func client(spec string) {
 				continue
 			}
 			line, _ := bufio.NewReader(c).ReadString('\n')
-			fmt.Println("answer", strings.TrimSpace(line), "peer", c.RemoteAddr())
+			fmt.Println("answer", strings.TrimSpace(line), "peer", c.RemoteAddr(), "local", c.LocalAddr())
 			c.Close()
 		case "udp":
 			// Unconnected: sendmsg and recvmsg do the translation.
@@ -67,7 +67,7 @@ func client(spec string) {
 				fmt.Println("error", err)
 			} else {
 				ap := from.AddrPort() // a dual-stack socket reports IPv4 as mapped
-				fmt.Println("answer", string(buf[:k]), "peer", netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
+				fmt.Println("answer", string(buf[:k]), "peer", netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), "local", c.LocalAddr())
 			}
 			c.Close()
 		}
@@ -227,26 +227,68 @@ func TestSocketLoadBalancer(t *testing.T) {
 		got := map[string]int{}
 		for _, l := range out {
 			f := strings.Fields(l)
-			if len(f) != 4 || f[0] != "answer" {
+			if len(f) != 6 || f[0] != "answer" {
 				t.Fatalf("client: %q", l)
 			}
 			got[f[1]]++
 		}
 		return got
 	}
+	events, err := lb.Events()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer events.Close()
+	// flows checks that each connection the client printed came with one
+	// flow event naming its own port, the backend that answered and the
+	// Service it meant.
+	flows := func(out []string, proto model.Protocol, svc string) {
+		t.Helper()
+		want := map[string]string{} // client port -> backend
+		for _, l := range out {
+			f := strings.Fields(l)
+			_, port, _ := net.SplitHostPort(f[5])
+			want[port] = f[1]
+		}
+		for len(want) > 0 {
+			ev, err := events.Read(time.Now().Add(2 * time.Second))
+			if err != nil {
+				t.Fatalf("%d %s connections have no flow event (%v): %v", len(want), proto, err, want)
+			}
+			port := fmt.Sprint(ev.Src.Port())
+			// A TCP socket has its address when the SYN leaves; an
+			// unbound UDP socket has only its port (the address is
+			// chosen per datagram), which the agent matches with
+			// conntrack's record of the flow.
+			srcOK := ev.Src.Addr().IsLoopback() || proto == model.UDP && ev.Src.Addr().IsUnspecified()
+			if ev.Protocol != proto || ev.Service.String() != svc || want[port] != ev.Backend.String() || !srcOK || ev.NetNS != cookie {
+				t.Fatalf("flow event %+v matches no %s connection to %s: %v", ev, proto, svc, want)
+			}
+			delete(want, port)
+		}
+	}
 	out := run(t, cgroup, ns, "tcp 10.96.0.10:80 40")
+	flows(out, model.TCP, "10.96.0.10:80")
 	got := answers(out)
 	if got["127.0.0.1:18081"] == 0 || got["127.0.0.1:18082"] == 0 {
 		t.Errorf("40 connections to the ClusterIP did not reach both backends: %v", got)
 	}
-	if !strings.HasSuffix(out[0], "peer 10.96.0.10:80") {
+	if !strings.Contains(out[0], "peer 10.96.0.10:80 ") {
 		t.Errorf("getpeername reports the backend, not the ClusterIP: %q", out[0])
 	}
-	if out := run(t, cgroup, ns, "udp 10.96.0.11:53 3"); len(answers(out)) != 1 || !strings.HasSuffix(out[0], "peer 10.96.0.11:53") {
+	if out := run(t, cgroup, ns, "udp 10.96.0.11:53 3"); len(answers(out)) != 1 || !strings.Contains(out[0], "peer 10.96.0.11:53") {
 		t.Errorf("UDP through the ClusterIP: %q (the reply must come from the ClusterIP)", out)
+	} else {
+		flows(out, model.UDP, "10.96.0.11:53")
 	}
 	if out := run(t, cgroup, ns, "tcp [fd00:96::10]:80 2"); answers(out)["[::1]:18084"] != 2 {
 		t.Errorf("IPv6 ClusterIP: %q", out)
+	} else {
+		flows(out, model.TCP, "[fd00:96::10]:80")
+	}
+	// Nothing else: one event per connection.
+	if ev, err := events.Read(time.Now().Add(200 * time.Millisecond)); err == nil {
+		t.Errorf("an extra flow event: %+v", ev)
 	}
 	// Session affinity: a client (its network namespace) keeps its
 	// backend, across processes.
