@@ -101,9 +101,11 @@ type Agent struct {
 	masq    *nft.Masq
 	proxy   *svcProxy
 	sock    *sockLB
-	policy  *netPolicy
-	names   *names
-	flows   *flow.Ring
+	// sockFlows joins the balancer's flow events with conntrack's.
+	sockFlows *sockFlows
+	policy    *netPolicy
+	names     *names
+	flows     *flow.Ring
 	// nodesSynced reports whether the node store has its first list.
 	nodesSynced func() bool
 	flowLog     *flow.Exporter
@@ -269,6 +271,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.names != nil {
 		go a.names.pods.Run(ctx.Done())
 		go a.watchNflog(ctx)
+		if a.sock != nil {
+			if ev, err := a.sock.lb.Events(); err != nil {
+				a.cfg.Log.Warn("the socket balancer's flows will not name their Services", "err", err)
+			} else {
+				a.sockFlows = newSockFlows(a, !a.cfg.NoConntrackFlows)
+				go a.sockFlows.watch(ctx, ev)
+			}
+		}
 		if !a.cfg.NoConntrackFlows {
 			go a.watchConntrack(ctx)
 		}

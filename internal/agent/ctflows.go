@@ -62,7 +62,13 @@ func (a *Agent) watchConntrack(ctx context.Context) {
 			if ev.Flow == nil {
 				continue
 			}
-			if r, ok := a.flowOf(ev.Flow); ok {
+			r, ok := a.flowOf(ev.Flow)
+			switch {
+			case !ok:
+			case a.sockFlows != nil && r.Service == "" && (r.Protocol == "tcp" || r.Protocol == "udp"):
+				// Not NATed: perhaps the socket balancer's.
+				a.sockFlows.onConntrack(r)
+			default:
 				a.record(r)
 			}
 		}

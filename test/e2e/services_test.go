@@ -18,6 +18,7 @@ import (
 	"github.com/ti-mo/conntrack"
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/podnet/podnet/internal/agent"
 	"github.com/podnet/podnet/internal/cgroup"
 	"github.com/podnet/podnet/internal/lab"
 	"github.com/podnet/podnet/internal/netns"
@@ -301,6 +302,20 @@ func testServices(t *testing.T, dataplane string) {
 			if !found {
 				t.Errorf("no conntrack entry for the connection from c1 (source port 40111): %+v", flows)
 			}
+			// The flow log still names the Service: the balancer's ring
+			// buffer event joined with conntrack's record.
+			eventually(t, 5*time.Second, "the flow names the Service", func() (bool, string) {
+				var page agent.FlowPage
+				if err := lab.NewClient(l.name).Do("GET", "/v1/flows?node=node1&from=svc/c1", nil, &page); err != nil {
+					return false, err.Error()
+				}
+				for _, r := range page.Flows {
+					if r.SrcPort == 40111 && r.Service == "svc/web" && (r.DstName == "svc/w1" || r.DstName == "svc/w2") {
+						return true, ""
+					}
+				}
+				return false, fmt.Sprintf("%+v", page.Flows)
+			})
 		})
 	}
 

@@ -1,0 +1,143 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/podnet/podnet/internal/dataplane/ebpf"
+	"github.com/podnet/podnet/internal/flow"
+)
+
+// Flows of the socket balancer. A connection it translated leaves the
+// client already addressed to the backend, so conntrack sees it with no
+// NAT and cannot tell which Service it was for; the balancer's ring
+// buffer events can. The two are joined on protocol, client port and
+// backend: conntrack gives the client's address (an unbound UDP socket
+// has none when the balancer sees it), the event gives the Service. A TCP
+// event comes before conntrack's (the SYN has not left yet), a UDP event
+// after it (at the first reply), so each side waits a little for the
+// other, and is recorded alone when the other never comes: a pod-to-pod
+// flow has no event, and with flowEvents off there is no conntrack
+// record.
+
+// joinWait is how long one side waits for the other.
+const joinWait = 200 * time.Millisecond
+
+type sockFlowKey struct {
+	proto   string
+	srcPort uint16
+	backend netip.AddrPort
+}
+
+type sockFlows struct {
+	// withConntrack: conntrack records come too, so events wait for them.
+	withConntrack bool
+	serviceAt     func(a netip.Addr, port uint16, proto string) string
+	nameOf        func(netip.Addr) string
+	record        func(flow.Record)
+	log           func(msg string, args ...any)
+
+	mu     sync.Mutex
+	events map[sockFlowKey]*pendingFlow // events waiting for conntrack
+	held   map[sockFlowKey]*pendingFlow // conntrack records waiting for an event
+}
+
+type pendingFlow struct {
+	rec   flow.Record
+	timer *time.Timer
+}
+
+func newSockFlows(a *Agent, withConntrack bool) *sockFlows {
+	return &sockFlows{
+		withConntrack: withConntrack,
+		serviceAt: func(ip netip.Addr, port uint16, proto string) string {
+			if a.proxy == nil {
+				return ""
+			}
+			return a.proxy.serviceAt(ip, port, proto)
+		},
+		nameOf: a.names.name,
+		record: a.record,
+		log:    a.cfg.Log.Debug,
+		events: map[sockFlowKey]*pendingFlow{}, held: map[sockFlowKey]*pendingFlow{},
+	}
+}
+
+// watch reads the balancer's events until ctx ends.
+func (s *sockFlows) watch(ctx context.Context, ev *ebpf.Events) {
+	go func() {
+		<-ctx.Done()
+		ev.Close()
+	}()
+	for {
+		e, err := ev.Read(time.Time{})
+		if errors.Is(err, ebpf.ErrClosed) || ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			s.log("socket balancer events", "err", err)
+			continue
+		}
+		s.onEvent(e)
+	}
+}
+
+// onEvent takes one balancer event.
+func (s *sockFlows) onEvent(e ebpf.FlowEvent) {
+	proto := string(e.Protocol)
+	svc := s.serviceAt(e.Service.Addr(), e.Service.Port(), proto)
+	k := sockFlowKey{proto, e.Src.Port(), e.Backend}
+	s.mu.Lock()
+	if h, ok := s.held[k]; ok && h.timer.Stop() {
+		delete(s.held, k)
+		s.mu.Unlock()
+		h.rec.Service = svc
+		s.record(h.rec)
+		return
+	}
+	r := flow.Record{Time: time.Now(), Verdict: flow.Forwarded, Protocol: proto, Src: e.Src.Addr(), SrcPort: e.Src.Port(),
+		Dst: e.Backend.Addr(), DstPort: e.Backend.Port(), Service: svc}
+	r.SrcName, r.DstName = s.nameOf(r.Src), s.nameOf(r.Dst)
+	if !s.withConntrack {
+		s.mu.Unlock()
+		s.record(r)
+		return
+	}
+	p := &pendingFlow{rec: r}
+	p.timer = time.AfterFunc(joinWait, func() { s.expire(s.events, k, p) })
+	s.events[k] = p
+	s.mu.Unlock()
+}
+
+// onConntrack takes conntrack's record of a flow it saw un-NATed, which
+// may be the balancer's.
+func (s *sockFlows) onConntrack(r flow.Record) {
+	k := sockFlowKey{r.Protocol, r.SrcPort, netip.AddrPortFrom(r.Dst, r.DstPort)}
+	s.mu.Lock()
+	if p, ok := s.events[k]; ok && p.timer.Stop() {
+		delete(s.events, k)
+		s.mu.Unlock()
+		r.Service = p.rec.Service
+		s.record(r)
+		return
+	}
+	p := &pendingFlow{rec: r}
+	p.timer = time.AfterFunc(joinWait, func() { s.expire(s.held, k, p) })
+	s.held[k] = p
+	s.mu.Unlock()
+}
+
+// expire records a side whose partner did not come.
+func (s *sockFlows) expire(m map[sockFlowKey]*pendingFlow, k sockFlowKey, p *pendingFlow) {
+	s.mu.Lock()
+	if m[k] != p {
+		s.mu.Unlock()
+		return
+	}
+	delete(m, k)
+	s.mu.Unlock()
+	s.record(p.rec)
+}
