@@ -2,6 +2,9 @@ package e2e
 
 import (
 	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -9,8 +12,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ti-mo/conntrack"
+
 	"github.com/podnet/podnet/internal/doctor"
 	"github.com/podnet/podnet/internal/lab"
+	"github.com/podnet/podnet/internal/netns"
 )
 
 // doctor runs `podnet doctor --lab NAME --node NODE -o json`.
@@ -24,6 +30,67 @@ func (l *labRun) doctor(node string) doctor.Report {
 	return r
 }
 
+// fillMark marks the conntrack entries fillConntrack makes, so that
+// emptyConntrack removes those and nothing else.
+const fillMark = 0x5eed0000
+
+// fillConntrack adds UDP entries to the namespace's conntrack table until
+// it holds 92% of the limit. They time out after two minutes if the test
+// dies before emptying them.
+func fillConntrack(t *testing.T, nsPath string) {
+	t.Helper()
+	limit, err := os.ReadFile("/proc/sys/net/netfilter/nf_conntrack_max")
+	if err != nil {
+		t.Skipf("skipped: no conntrack here: %v", err)
+	}
+	var max int
+	fmt.Sscan(string(limit), &max)
+	// Two workers, each with its own socket in the namespace: the
+	// kernel's work per entry is most of the time.
+	n := max * 92 / 100
+	errs := make(chan error, 2)
+	for w := range 2 {
+		go func() {
+			errs <- netns.Do(nsPath, func() error {
+				c, err := conntrack.Dial(nil)
+				if err != nil {
+					return err
+				}
+				defer c.Close()
+				for i := w; i < n; i += 2 {
+					// A unique tuple per entry, from the benchmarking range.
+					src := netip.AddrFrom4([4]byte{198, 18, byte(i >> 16), byte(i >> 8)})
+					f := conntrack.NewFlow(17, 0, src, netip.MustParseAddr("198.19.0.1"), uint16(1024+i&0xff), 53, 120, fillMark)
+					if err := c.Create(f); err != nil {
+						return fmt.Errorf("entry %d: %w", i, err)
+					}
+				}
+				return nil
+			})
+		}()
+	}
+	if err := errors.Join(<-errs, <-errs); err != nil {
+		emptyConntrack(t, nsPath)
+		t.Fatalf("fill conntrack: %v", err)
+	}
+}
+
+// emptyConntrack removes the entries fillConntrack made.
+func emptyConntrack(t *testing.T, nsPath string) {
+	t.Helper()
+	err := netns.Do(nsPath, func() error {
+		c, err := conntrack.Dial(nil)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		return c.FlushFilter(conntrack.NewFilter().Mark(fillMark).MarkMask(0xffffffff))
+	})
+	if err != nil {
+		t.Errorf("empty conntrack: %v", err)
+	}
+}
+
 // inNode runs a command in a lab node's namespace.
 func (l *labRun) inNode(node string, args ...string) {
 	l.t.Helper()
@@ -35,9 +102,8 @@ func (l *labRun) inNode(node string, args ...string) {
 
 // TestDoctorCatchesBreakage breaks each thing doctor checks, one at a
 // time, on purpose, and checks that doctor names it with a fix, then
-// repairs it and checks doctor is content again. (The conntrack table's
-// fill is judged in a unit test: its limit is global to the machine, and
-// filling it would touch the host.)
+// repairs it and checks doctor is content again. (The clock comparison is
+// judged in a unit test: a network namespace has the host's clock.)
 func TestDoctorCatchesBreakage(t *testing.T) {
 	l := startLab(t, "--mode", "vxlan")
 	l.apply(explainYAML)
@@ -75,6 +141,12 @@ func TestDoctorCatchesBreakage(t *testing.T) {
 				os.WriteFile(filepath.Join(confDir, "05-other.conflist"), []byte(`{"cniVersion":"1.0.0","name":"other","plugins":[{"type":"bridge"}]}`), 0o644)
 			},
 			func() { os.Remove(filepath.Join(confDir, "05-other.conflist")) }},
+		// The limit is global, but the count is the namespace's own and
+		// so is the limit's enforcement: filling the node's table past
+		// 90% leaves every other namespace's alone.
+		{"conntrack", doctor.Warn,
+			func() { fillConntrack(t, l.nodeNS("node1")) },
+			func() { emptyConntrack(t, l.nodeNS("node1")) }},
 	}
 	for _, c := range cases {
 		t.Run(c.check, func(t *testing.T) {
