@@ -3,6 +3,8 @@ package nft
 import (
 	"strings"
 	"testing"
+
+	"sigs.k8s.io/knftables"
 )
 
 func TestMergeElements(t *testing.T) {
@@ -35,5 +37,32 @@ func TestMergeElements(t *testing.T) {
 	}
 	if _, err := mergeElements("add table inet t\n# ERROR: bad object\n"); err == nil {
 		t.Error("a transaction with a pending error ran")
+	}
+}
+
+// TestElementWriterWritesWhatMergingGives: the full sync's direct element
+// text is the same as knftables' commands for those elements, merged.
+func TestElementWriterWritesWhatMergingGives(t *testing.T) {
+	fake := knftables.NewFake(knftables.InetFamily, "podnet-proxy")
+	tx := fake.NewTransaction()
+	ew := &elementWriter{family: "inet", table: "podnet-proxy"}
+	add := func(set string, isMap bool, key string, value []string, comment string) {
+		tx.Add(element(set, isMap, []string{key}, content{value, comment}))
+		ew.add(set, key, value, comment)
+	}
+	add("cluster-ips4", false, "10.96.0.10", nil, "")
+	add("cluster-ips4", false, "10.96.0.11", nil, "")
+	add("services4", true, "10.96.0.10 . tcp . 80", []string{"goto lb4-tcp-2"}, "ns/web/http")
+	add("cluster-endpoints4-tcp", true, "10.96.0.10 . 80 . 0", []string{"10.244.1.5", "8080"}, "")
+	add("cluster-endpoints4-tcp", true, "10.96.0.10 . 80 . 1", []string{"10.244.2.5", "8080"}, "")
+	want, err := mergeElements(tx.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := ew.String(); got != want {
+		t.Fatalf("element writer:\n%s\nmerged knftables:\n%s", got, want)
+	}
+	if ew.total != 5 {
+		t.Errorf("counted %d elements, want 5", ew.total)
 	}
 }

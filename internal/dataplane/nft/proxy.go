@@ -308,10 +308,18 @@ func (p *Proxy) full(ctx context.Context, skel proxy.Skeleton, frags map[string]
 	for _, k := range keys {
 		own(k, frags[k].Elements)
 	}
+	// With the nft binary, the elements go as text after the rest of the
+	// transaction, in the same batch (see elementWriter).
+	tr, direct := p.nft.(textRunner)
+	ew := &elementWriter{family: string(knftables.InetFamily), table: proxy.Table}
 	for _, k := range sortedElemKeys(elems) {
 		en := elems[k]
 		en.held, en.present = en.winner()
-		tx.Add(element(k.set, isMap[k.set], []string{k.key}, en.held))
+		if direct {
+			ew.add(k.set, k.key, en.held.value, en.held.comment)
+		} else {
+			tx.Add(element(k.set, isMap[k.set], []string{k.key}, en.held))
+		}
 	}
 	// Whatever else is in the table is stale: empty the chains first, so
 	// that deleting one does not trip over a jump from another.
@@ -339,7 +347,11 @@ func (p *Proxy) full(ctx context.Context, skel proxy.Skeleton, frags map[string]
 			}
 		}
 	}
-	if err := p.do(func() error { return p.nft.Run(ctx, tx) }); err != nil {
+	run := func() error { return p.nft.Run(ctx, tx) }
+	if direct {
+		run = func() error { return tr.RunWithText(ctx, tx, ew.String()) }
+	}
+	if err := p.do(run); err != nil {
 		p.needFull = true
 		return Stats{}, fmt.Errorf("full sync: %w", err)
 	}
@@ -349,7 +361,7 @@ func (p *Proxy) full(ctx context.Context, skel proxy.Skeleton, frags map[string]
 	p.elems = elems
 	p.isMap = isMap
 	p.shared = shared
-	return p.stats(tx.NumOperations(), true), nil
+	return p.stats(tx.NumOperations()+ew.total, true), nil
 }
 
 func (p *Proxy) incremental(ctx context.Context, changes map[string]*proxy.Fragment) (Stats, error) {
