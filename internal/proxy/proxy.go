@@ -100,19 +100,20 @@ type Set struct {
 // IsMap reports whether the set is a map.
 func (s Set) IsMap() bool { return strings.Contains(s.Type+s.TypeOf, " : ") }
 
-// Element is one element of a set or map. Value is empty for sets.
+// Element is one element of a set or map, in nft syntax: Key and Value
+// are written as nft takes them ("10.96.0.10 . tcp . 80"), each one string
+// that the backend keeps as it is, since a big cluster's table holds
+// hundreds of thousands of elements. Value is empty for sets.
 type Element struct {
 	Set   string
-	Key   []string
-	Value []string
+	Key   string
+	Value string
 	// Comment names the Service port the element is for, so that the
 	// table reads well in `nft list` although a ClusterIP-only port has
 	// no chain of its own to carry its name.
 	Comment string
 }
 
-// KeyString identifies the element within its set.
-func (e Element) KeyString() string { return strings.Join(e.Key, " . ") }
 
 // Fragment is the part of the table one Service owns.
 type Fragment struct {
@@ -221,12 +222,12 @@ func NewSkeleton(self Self) Skeleton {
 		for _, p := range self.ClusterCIDRs {
 			if p.Addr().Is4() == (f.v == "4") {
 				hasRanges = true
-				sk.Elements = append(sk.Elements, Element{Set: "cluster-ranges" + f.v, Key: []string{p.Masked().String()}})
+				sk.Elements = append(sk.Elements, Element{Set: "cluster-ranges" + f.v, Key: p.Masked().String()})
 			}
 		}
 		for _, a := range self.NodeIPs {
 			if a.Is4() == (f.v == "4") {
-				sk.Elements = append(sk.Elements, Element{Set: "nodeport-ips" + f.v, Key: []string{a.String()}})
+				sk.Elements = append(sk.Elements, Element{Set: "nodeport-ips" + f.v, Key: a.String()})
 			}
 		}
 		// Off-cluster clients of a ClusterIP (the node itself, or a router

@@ -27,11 +27,11 @@ type Info struct {
 // Service's ports their blocks in the shared endpoints maps; the fragment
 // lists the slot ids it uses, for the caller to release when they go.
 func Render(self Self, s model.Service, eps map[model.PortKey][]model.Endpoint, slots *Slots) (Fragment, Info) {
-	r := renderer{self: self, svc: s, chains: map[string]bool{}, sets: map[string]bool{}, elems: map[string]bool{}, slots: slots}
+	r := renderer{self: self, svc: s, chains: map[string]bool{}, sets: map[string]bool{}, elems: map[elemID]bool{}, slots: slots}
 	localSeen := map[netip.Addr]bool{}
 	for _, cip := range s.ClusterIPs {
 		f := familyOf(cip)
-		r.elem("cluster-ips"+f.v, []string{cip.String()}, nil)
+		r.elem("cluster-ips"+f.v, cip.String(), "")
 		var ext []netip.Addr
 		for _, a := range append(append([]netip.Addr{}, s.ExternalIPs...), s.LoadBalancerIPs...) {
 			if a.Is4() == cip.Is4() && !slices.Contains(ext, a) {
@@ -74,21 +74,26 @@ type renderer struct {
 	info   Info
 	chains map[string]bool
 	sets   map[string]bool
-	elems  map[string]bool
+	elems  map[elemID]bool
 	slots  *Slots
 }
 
-func (r *renderer) elem(set string, key, value []string) { r.named(set, key, value, "") }
+func (r *renderer) elem(set, key, value string) { r.named(set, key, value, "") }
 
 // named adds an element with a comment.
-func (r *renderer) named(set string, key, value []string, comment string) {
-	k := set + " " + strings.Join(key, " . ")
+func (r *renderer) named(set, key, value, comment string) {
+	k := elemID{set, key}
 	if r.elems[k] {
 		return
 	}
 	r.elems[k] = true
 	r.frag.Elements = append(r.frag.Elements, Element{Set: set, Key: key, Value: value, Comment: comment})
 }
+
+type elemID struct{ set, key string }
+
+// join writes parts as one nft concatenation.
+func join(parts ...string) string { return strings.Join(parts, " . ") }
 
 func (r *renderer) chain(name string, rules []string) {
 	if r.chains[name] {
@@ -141,39 +146,39 @@ func (r *renderer) port(f family, cip netip.Addr, ext []netip.Addr, p model.Serv
 		}
 		return "goto " + locChain
 	}
-	reject := []string{"goto reject-chain"}
+	const reject = "goto reject-chain"
 
 	// The ClusterIP.
-	cipKey := []string{cip.String(), proto, port}
+	cipKey := join(cip.String(), proto, port)
 	switch {
 	case !usable:
 		r.named("no-endpoints"+f.v, cipKey, reject, human)
 	case s.InternalLocal && len(local) > 0:
-		r.named("services"+f.v, cipKey, []string{useLoc()}, human)
+		r.named("services"+f.v, cipKey, useLoc(), human)
 	case s.InternalLocal:
 		// Endpoints exist, but none here: kube-proxy drops, so the client
 		// sees a timeout, not a refusal it might take for a closed port.
-		r.named("no-endpoints"+f.v, cipKey, []string{"drop"}, human)
+		r.named("no-endpoints"+f.v, cipKey, "drop", human)
 	case len(cluster) > 0:
-		r.named("services"+f.v, cipKey, []string{useSvc()}, human)
+		r.named("services"+f.v, cipKey, useSvc(), human)
 	default:
 		r.named("no-endpoints"+f.v, cipKey, reject, human)
 	}
 	for _, e := range append(append([]model.Endpoint{}, cluster...), local...) {
-		r.elem("hairpin"+f.v, []string{e.Addr.String(), e.Addr.String()}, nil)
+		r.elem("hairpin"+f.v, join(e.Addr.String(), e.Addr.String()), "")
 	}
 	if len(ext) == 0 && p.NodePort == 0 {
 		return
 	}
 
 	// External entry points: node ports, external and load-balancer IPs.
-	var extVerdict []string
+	var extVerdict string
 	if !usable || (!s.ExternalLocal && len(cluster) == 0) {
 		for _, a := range ext {
-			r.named("no-endpoints"+f.v, []string{a.String(), proto, port}, reject, human)
+			r.named("no-endpoints"+f.v, join(a.String(), proto, port), reject, human)
 		}
 		if p.NodePort != 0 {
-			r.named("no-endpoint-nodeports"+f.v, []string{proto, fmt.Sprint(p.NodePort)}, reject, human)
+			r.named("no-endpoint-nodeports"+f.v, join(proto, strconv.Itoa(int(p.NodePort))), reject, human)
 		}
 		return
 	}
@@ -198,12 +203,12 @@ func (r *renderer) port(f family, cip netip.Addr, ext []netip.Addr, p model.Serv
 		}
 	}
 	r.chain(extChain, rules)
-	extVerdict = []string{"goto " + extChain}
+	extVerdict = "goto " + extChain
 	for _, a := range ext {
-		r.named("services"+f.v, []string{a.String(), proto, port}, extVerdict, human)
+		r.named("services"+f.v, join(a.String(), proto, port), extVerdict, human)
 	}
 	if p.NodePort != 0 {
-		r.named("nodeports"+f.v, []string{proto, fmt.Sprint(p.NodePort)}, extVerdict, human)
+		r.named("nodeports"+f.v, join(proto, strconv.Itoa(int(p.NodePort))), extVerdict, human)
 	}
 }
 
@@ -222,7 +227,7 @@ func (r *renderer) sharedBalance(f family, cip netip.Addr, p model.ServicePort, 
 	}
 	c, port := cip.String(), strconv.Itoa(int(p.Port))
 	for i, e := range eps {
-		r.elem(m, []string{c, port, strconv.Itoa(i)}, []string{e.Addr.String(), strconv.Itoa(int(e.Port))})
+		r.elem(m, c+" . "+port+" . "+strconv.Itoa(i), e.Addr.String()+" . "+strconv.Itoa(int(e.Port)))
 	}
 	return "goto " + name
 }
@@ -250,7 +255,7 @@ func (r *renderer) balance(f family, chain, id string, proto model.Protocol, eps
 				r.frag.Sets = append(r.frag.Sets, Set{Name: m, TypeOf: "numgen random mod 1 : " + f.ip + " daddr . " + string(proto) + " dport"})
 			}
 			for i, e := range eps {
-				r.elem(m, []string{fmt.Sprint(i)}, []string{e.Addr.String(), fmt.Sprint(e.Port)})
+				r.elem(m, strconv.Itoa(i), join(e.Addr.String(), strconv.Itoa(int(e.Port))))
 			}
 			return []string{fmt.Sprintf("meta l4proto %s dnat %s to numgen random mod %d map @%s", proto, f.ip, len(eps), m)}
 		}
@@ -260,7 +265,7 @@ func (r *renderer) balance(f family, chain, id string, proto model.Protocol, eps
 		r.frag.Slots = append(r.frag.Slots, chain)
 		m := endpointsMap(f, string(proto), int(base/SlotSize)%EndpointShards)
 		for i, e := range eps {
-			r.elem(m, []string{fmt.Sprint(base + uint32(i))}, []string{e.Addr.String(), fmt.Sprint(e.Port)})
+			r.elem(m, strconv.Itoa(int(base)+i), join(e.Addr.String(), strconv.Itoa(int(e.Port))))
 		}
 		return []string{fmt.Sprintf("meta l4proto %s dnat %s to numgen random mod %d offset %d map @%s", proto, f.ip, len(eps), base, m)}
 	}

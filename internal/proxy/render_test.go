@@ -39,9 +39,9 @@ func key(s model.Service, port string) model.PortKey {
 func dump(f Fragment) string {
 	var b strings.Builder
 	for _, e := range f.Elements {
-		b.WriteString("element " + e.Set + " " + e.KeyString())
-		if len(e.Value) > 0 {
-			b.WriteString(" : " + strings.Join(e.Value, " "))
+		b.WriteString("element " + e.Set + " " + e.Key)
+		if e.Value != "" {
+			b.WriteString(" : " + e.Value)
 		}
 		b.WriteString("\n")
 	}
@@ -88,8 +88,8 @@ func TestClusterIPBalancesOverReadyEndpoints(t *testing.T) {
 		"element services4 10.96.0.10 . tcp . 80 : goto lb4-tcp-2\n",
 		"element hairpin4 10.244.1.5 . 10.244.1.5\n",
 		"rule lb4-tcp-2 meta l4proto tcp dnat ip to ip daddr . tcp dport . numgen random mod 2 map @cluster-endpoints4-tcp\n",
-		"element cluster-endpoints4-tcp 10.96.0.10 . 80 . 0 : 10.244.1.5 8080\n",
-		"element cluster-endpoints4-tcp 10.96.0.10 . 80 . 1 : 10.244.2.5 8080\n",
+		"element cluster-endpoints4-tcp 10.96.0.10 . 80 . 0 : 10.244.1.5 . 8080\n",
+		"element cluster-endpoints4-tcp 10.96.0.10 . 80 . 1 : 10.244.2.5 . 8080\n",
 	)
 	hasNot(t, d, "10.244.3.5", "no-endpoints", "svc4-")
 	if len(f.Chains) != 1 || !f.Chains[0].Shared || len(f.Slots) != 0 {
@@ -112,8 +112,8 @@ func TestNodePortPortBalancesInItsSlot(t *testing.T) {
 	has(t, d,
 		"element services4 10.96.0.10 . tcp . 80 : goto svc4-",
 		"default/web/http meta l4proto tcp dnat ip to numgen random mod 2 offset 0 map @endpoints4-tcp-00",
-		"element endpoints4-tcp-00 0 : 10.244.1.5 8080\n",
-		"element endpoints4-tcp-00 1 : 10.244.2.5 8080\n",
+		"element endpoints4-tcp-00 0 : 10.244.1.5 . 8080\n",
+		"element endpoints4-tcp-00 1 : 10.244.2.5 . 8080\n",
 	)
 	hasNot(t, d, "lb4-", "cluster-endpoints4")
 	if len(f.Slots) != 1 {
@@ -142,7 +142,7 @@ func TestTerminatingEndpointsOnlyWhenNoneReady(t *testing.T) {
 	d := dump(mustRender(s, map[model.PortKey][]model.Endpoint{key(s, "http"): {ep("10.244.1.5", 80, "n1"), term}}))
 	hasNot(t, d, "10.244.2.9")
 	d = dump(mustRender(s, map[model.PortKey][]model.Endpoint{key(s, "http"): {term}}))
-	has(t, d, "cluster-endpoints4-tcp 10.96.0.10 . 80 . 0 : 10.244.2.9 80\n")
+	has(t, d, "cluster-endpoints4-tcp 10.96.0.10 . 80 . 0 : 10.244.2.9 . 80\n")
 	// Terminating and not serving: nothing usable, so reject.
 	term.Serving = false
 	d = dump(mustRender(s, map[model.PortKey][]model.Endpoint{key(s, "http"): {term}}))
@@ -209,8 +209,8 @@ func TestInternalTrafficPolicyLocal(t *testing.T) {
 	has(t, d, "element no-endpoints4 10.96.0.10 . tcp . 80 : drop")
 	eps[key(s, "http")] = append(eps[key(s, "http")], ep("10.244.1.5", 80, "n1"))
 	d = dump(mustRender(s, eps))
-	has(t, d, "services4 10.96.0.10 . tcp . 80 : goto lb4-tcp-1\n", "cluster-endpoints4-tcp 10.96.0.10 . 80 . 0 : 10.244.1.5 80\n")
-	hasNot(t, d, "10.244.2.5 80", "dnat ip to 10.244.2.5")
+	has(t, d, "services4 10.96.0.10 . tcp . 80 : goto lb4-tcp-1\n", "cluster-endpoints4-tcp 10.96.0.10 . 80 . 0 : 10.244.1.5 . 80\n")
+	hasNot(t, d, "10.244.2.5 . 80", "dnat ip to 10.244.2.5")
 }
 
 func TestSessionAffinity(t *testing.T) {
@@ -226,8 +226,8 @@ func TestTopologyHints(t *testing.T) {
 	b := ep("10.244.2.5", 80, "n2")
 	b.HintZones = []string{"b"}
 	d := dump(mustRender(s, map[model.PortKey][]model.Endpoint{key(s, "http"): {a, b}}))
-	has(t, d, "cluster-endpoints4-tcp 10.96.0.10 . 80 . 0 : 10.244.1.5 80\n", "goto lb4-tcp-1\n")
-	hasNot(t, d, "10.244.2.5 80")
+	has(t, d, "cluster-endpoints4-tcp 10.96.0.10 . 80 . 0 : 10.244.1.5 . 80\n", "goto lb4-tcp-1\n")
+	hasNot(t, d, "10.244.2.5 . 80")
 	// One ready endpoint without hints: hints are ignored.
 	b.HintZones = nil
 	d = dump(mustRender(s, map[model.PortKey][]model.Endpoint{key(s, "http"): {a, b}}))
@@ -249,8 +249,8 @@ func TestDualStackAndMultiPort(t *testing.T) {
 		"services4 10.96.0.10 . udp . 53",
 		"services6 fd00:96::10 . tcp . 80",
 		"services6 fd00:96::10 . udp . 53",
-		"cluster-endpoints6-udp fd00:96::10 . 53 . 0 : fd00:244:1::5 5353\n",
-		"cluster-endpoints4-tcp 10.96.0.10 . 80 . 0 : 10.244.1.5 8080\n",
+		"cluster-endpoints6-udp fd00:96::10 . 53 . 0 : fd00:244:1::5 . 5353\n",
+		"cluster-endpoints4-tcp 10.96.0.10 . 80 . 0 : 10.244.1.5 . 8080\n",
 		"rule lb6-udp-1 meta l4proto udp dnat ip6 to ip6 daddr . udp dport . numgen random mod 1 map @cluster-endpoints6-udp\n",
 	)
 }

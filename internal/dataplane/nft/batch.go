@@ -75,7 +75,7 @@ type elementWriter struct {
 }
 
 // add appends one element of set (a map when value is set).
-func (w *elementWriter) add(set, key string, value []string, comment string) {
+func (w *elementWriter) add(set, key, value, comment string) {
 	if set != w.set || w.n == maxMerged {
 		w.end()
 		fmt.Fprintf(&w.b, "add element %s %s %s { ", w.family, w.table, set)
@@ -87,14 +87,9 @@ func (w *elementWriter) add(set, key string, value []string, comment string) {
 	if comment != "" {
 		fmt.Fprintf(&w.b, " comment %q", comment)
 	}
-	if len(value) > 0 {
+	if value != "" {
 		w.b.WriteString(" : ")
-		for i, v := range value {
-			if i > 0 {
-				w.b.WriteString(" . ")
-			}
-			w.b.WriteString(v)
-		}
+		w.b.WriteString(value)
 	}
 	w.n++
 	w.total++

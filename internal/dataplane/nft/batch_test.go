@@ -46,15 +46,15 @@ func TestElementWriterWritesWhatMergingGives(t *testing.T) {
 	fake := knftables.NewFake(knftables.InetFamily, "podnet-proxy")
 	tx := fake.NewTransaction()
 	ew := &elementWriter{family: "inet", table: "podnet-proxy"}
-	add := func(set string, isMap bool, key string, value []string, comment string) {
-		tx.Add(element(set, isMap, []string{key}, content{value, comment}))
+	add := func(set string, isMap bool, key, value, comment string) {
+		tx.Add(element(set, isMap, key, content{value, comment}))
 		ew.add(set, key, value, comment)
 	}
-	add("cluster-ips4", false, "10.96.0.10", nil, "")
-	add("cluster-ips4", false, "10.96.0.11", nil, "")
-	add("services4", true, "10.96.0.10 . tcp . 80", []string{"goto lb4-tcp-2"}, "ns/web/http")
-	add("cluster-endpoints4-tcp", true, "10.96.0.10 . 80 . 0", []string{"10.244.1.5", "8080"}, "")
-	add("cluster-endpoints4-tcp", true, "10.96.0.10 . 80 . 1", []string{"10.244.2.5", "8080"}, "")
+	add("cluster-ips4", false, "10.96.0.10", "", "")
+	add("cluster-ips4", false, "10.96.0.11", "", "")
+	add("services4", true, "10.96.0.10 . tcp . 80", "goto lb4-tcp-2", "ns/web/http")
+	add("cluster-endpoints4-tcp", true, "10.96.0.10 . 80 . 0", "10.244.1.5 . 8080", "")
+	add("cluster-endpoints4-tcp", true, "10.96.0.10 . 80 . 1", "10.244.2.5 . 8080", "")
 	want, err := mergeElements(tx.String())
 	if err != nil {
 		t.Fatal(err)

@@ -62,16 +62,12 @@ type owned struct {
 
 // content is what an element carries besides its key.
 type content struct {
-	value   []string
+	value   string
 	comment string
 }
 
-func (c content) equal(o content) bool {
-	return c.comment == o.comment && slices.Equal(c.value, o.value)
-}
-
 // set records owner's value for the element.
-func (e *elemEntry) set(owner string, value []string, comment string) {
+func (e *elemEntry) set(owner, value, comment string) {
 	c := content{value, comment}
 	i, found := slices.BinarySearchFunc(e.owners, owner, func(o owned, k string) int { return strings.Compare(o.owner, k) })
 	if found {
@@ -295,7 +291,7 @@ func (p *Proxy) full(ctx context.Context, skel proxy.Skeleton, frags map[string]
 	elems := map[elemKey]*elemEntry{}
 	own := func(owner string, es []proxy.Element) {
 		for _, e := range es {
-			k := elemKey{e.Set, e.KeyString()}
+			k := elemKey{e.Set, e.Key}
 			en := elems[k]
 			if en == nil {
 				en = &elemEntry{}
@@ -318,7 +314,7 @@ func (p *Proxy) full(ctx context.Context, skel proxy.Skeleton, frags map[string]
 		if direct {
 			ew.add(k.set, k.key, en.held.value, en.held.comment)
 		} else {
-			tx.Add(element(k.set, isMap[k.set], []string{k.key}, en.held))
+			tx.Add(element(k.set, isMap[k.set], k.key, en.held))
 		}
 	}
 	// Whatever else is in the table is stale: empty the chains first, so
@@ -472,11 +468,11 @@ func (p *Proxy) incremental(ctx context.Context, changes map[string]*proxy.Fragm
 			}
 		}
 		for _, e := range old.Elements {
-			k2 := elemKey{e.Set, e.KeyString()}
+			k2 := elemKey{e.Set, e.Key}
 			stage(k2).drop(k)
 		}
 		for _, e := range next.Elements {
-			k2 := elemKey{e.Set, e.KeyString()}
+			k2 := elemKey{e.Set, e.Key}
 			stage(k2).set(k, e.Value, e.Comment)
 		}
 	}
@@ -505,15 +501,15 @@ func (p *Proxy) incremental(ctx context.Context, changes map[string]*proxy.Fragm
 	for _, k := range ekeys {
 		e := staged[k]
 		v, want := e.winner()
-		if e.present && (!want || !v.equal(e.held)) {
-			tx.Delete(element(k.set, mapOf(k.set), []string{k.key}, content{}))
+		if e.present && (!want || v != e.held) {
+			tx.Delete(element(k.set, mapOf(k.set), k.key, content{}))
 		}
 	}
 	for _, k := range ekeys {
 		e := staged[k]
 		v, want := e.winner()
-		if want && (!e.present || !v.equal(e.held)) {
-			tx.Add(element(k.set, mapOf(k.set), []string{k.key}, v))
+		if want && (!e.present || v != e.held) {
+			tx.Add(element(k.set, mapOf(k.set), k.key, v))
 		}
 		e.held, e.present = v, want
 	}
@@ -598,8 +594,11 @@ func (p *Proxy) flushSet(tx *knftables.Transaction, name string, isMap bool) {
 	}
 }
 
-func element(set string, isMap bool, key []string, c content) *knftables.Element {
-	e := &knftables.Element{Key: key, Value: c.value}
+func element(set string, isMap bool, key string, c content) *knftables.Element {
+	e := &knftables.Element{Key: []string{key}}
+	if c.value != "" {
+		e.Value = []string{c.value}
+	}
 	if c.comment != "" {
 		e.Comment = &c.comment
 	}
