@@ -114,7 +114,6 @@ type Element struct {
 	Comment string
 }
 
-
 // Fragment is the part of the table one Service owns.
 type Fragment struct {
 	Chains   []Chain
