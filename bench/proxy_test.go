@@ -60,7 +60,9 @@ import (
 // measured many times. PODNET_BENCH_KP_TIMEOUT (default 10m) bounds
 // kube-proxy's first sync. PODNET_BENCH_GROW_ONLY=1 only grows the
 // apiserver state to the largest size, for later runs.
-// PODNET_BENCH_PROFILE=DIR saves podnet's heap profile after each run.
+// PODNET_BENCH_PROFILE=DIR saves podnet's heap profile after each run;
+// PODNET_BENCH_KUBEPROXY=0 leaves kube-proxy out (a development run,
+// whose RESULTS section has no ratios).
 func BenchmarkProxy(b *testing.B) {
 	testenv.RequireRoot(b)
 	sizes := envInts("PODNET_BENCH_PROXY_SIZES", []int{1000, 10000, 30000})
@@ -126,6 +128,9 @@ func BenchmarkProxy(b *testing.B) {
 		kpTimedOut := false
 		for r := range runs {
 			for _, p := range []string{"podnet", "kube-proxy"} {
+				if p == "kube-proxy" && os.Getenv("PODNET_BENCH_KUBEPROXY") == "0" {
+					continue // a development run: podnet alone, no ratios
+				}
 				res := pb.run(p, "nftables", fmt.Sprintf("%d-%d", n, r), true, n == latencyAt(sizes) && r == 0)
 				if p == "podnet" {
 					pnSync, pnMem, pnAdd = append(pnSync, ms(res.sync)), append(pnMem, res.peakMiB), append(pnAdd, ms(res.add))
