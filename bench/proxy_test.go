@@ -107,8 +107,10 @@ func BenchmarkProxy(b *testing.B) {
 		sizeList[i] = strconv.Itoa(n)
 	}
 	env := ""
-	if s := os.Getenv("PODNET_BENCH_PROXY_SECTION"); s != "" {
-		env = "PODNET_BENCH_PROXY_SECTION=" + s + " "
+	for _, name := range []string{"PODNET_BENCH_PROXY_SECTION", "PODNET_BENCH_API_DIR", "PODNET_BENCH_KP_TIMEOUT"} {
+		if v := os.Getenv(name); v != "" {
+			env += name + "=" + v + " "
+		}
 	}
 	fmt.Fprintf(&out, "## Service proxy: podnet vs kube-proxy (nftables mode), %s Services\n\n`%sPODNET_BENCH_PROXY_SIZES=%s PODNET_BENCH_PROXY_RUNS=%d go test ./bench -run '^$' -bench Proxy -benchtime 1x -timeout 80m`\n\n",
 		strings.Join(sizeList, ", "), env, strings.Join(sizeList, ","), runs)
