@@ -271,7 +271,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.names != nil {
 		go a.names.pods.Run(ctx.Done())
 		go a.watchNflog(ctx)
-		if a.sock != nil {
+		// flowEvents off turns off both sources of forwarded flows:
+		// conntrack's events and the socket balancer's.
+		if a.sock != nil && !a.cfg.NoConntrackFlows {
 			if ev, err := a.sock.lb.Events(); err != nil {
 				a.cfg.Log.Warn("the socket balancer's flows will not name their Services", "err", err)
 			} else {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"os"
 	"sync"
 	"time"
 
@@ -23,8 +24,12 @@ import (
 // flow has no event, and with flowEvents off there is no conntrack
 // record.
 
-// joinWait is how long one side waits for the other.
-const joinWait = 200 * time.Millisecond
+// joinWait is how long one side waits for the other; readEvery is how
+// often the ring is read (events may wait that long in it).
+const (
+	joinWait  = 200 * time.Millisecond
+	readEvery = 50 * time.Millisecond
+)
 
 type sockFlowKey struct {
 	proto   string
@@ -73,9 +78,14 @@ func (s *sockFlows) watch(ctx context.Context, ev *ebpf.Events) {
 		ev.Close()
 	}()
 	for {
-		e, err := ev.Read(time.Time{})
+		// The programs wake the reader only when events pile up (see
+		// wakeup in bpf/socklb.c), so it looks every readEvery.
+		e, err := ev.Read(time.Now().Add(readEvery))
 		if errors.Is(err, ebpf.ErrClosed) || ctx.Err() != nil {
 			return
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			continue
 		}
 		if err != nil {
 			s.log("socket balancer events", "err", err)
