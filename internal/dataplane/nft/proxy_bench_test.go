@@ -22,10 +22,7 @@ import (
 //	go test ./internal/dataplane/nft -run '^$' -bench ProxyFullSync -benchtime 3x
 func BenchmarkProxyFullSync(b *testing.B) {
 	testenv.RequireRoot(b)
-	n := 10000
-	if s := os.Getenv("PODNET_BENCH_SERVICES"); s != "" {
-		n, _ = strconv.Atoi(s)
-	}
+	n := benchServices(b)
 	ctx := context.Background()
 	var render, apply time.Duration
 	for range b.N {
@@ -46,6 +43,19 @@ func BenchmarkProxyFullSync(b *testing.B) {
 	}
 	b.ReportMetric(float64(render.Milliseconds())/float64(b.N), "render-ms/op")
 	b.ReportMetric(float64(apply.Milliseconds())/float64(b.N), "apply-ms/op")
+}
+
+// benchServices is PODNET_BENCH_SERVICES, 10000 when unset.
+func benchServices(b *testing.B) int {
+	s := os.Getenv("PODNET_BENCH_SERVICES")
+	if s == "" {
+		return 10000
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 {
+		b.Fatalf("PODNET_BENCH_SERVICES=%q: want a positive number", s)
+	}
+	return n
 }
 
 // renderServices renders n ClusterIP Services × 10 endpoints, from index
@@ -75,10 +85,7 @@ func renderServices(first, n int, slots *proxy.Slots) map[string]*proxy.Fragment
 //	go test ./internal/dataplane/nft -run '^$' -bench ProxyAddOne -benchtime 20x
 func BenchmarkProxyAddOne(b *testing.B) {
 	testenv.RequireRoot(b)
-	n := 10000
-	if s := os.Getenv("PODNET_BENCH_SERVICES"); s != "" {
-		n, _ = strconv.Atoi(s)
-	}
+	n := benchServices(b)
 	ctx := context.Background()
 	ns := testenv.NetNS(b, "bench")
 	slots := proxy.NewSlots()
