@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -46,8 +47,8 @@ type sockFlows struct {
 	log           func(msg string, args ...any)
 
 	mu     sync.Mutex
-	events map[sockFlowKey]*pendingFlow // events waiting for conntrack
-	held   map[sockFlowKey]*pendingFlow // conntrack records waiting for an event
+	events map[sockFlowKey][]*pendingFlow // events waiting for conntrack
+	held   map[sockFlowKey][]*pendingFlow // conntrack records waiting for an event
 }
 
 type pendingFlow struct {
@@ -67,7 +68,7 @@ func newSockFlows(a *Agent, withConntrack bool) *sockFlows {
 		nameOf: a.names.name,
 		record: a.record,
 		log:    a.cfg.Log.Debug,
-		events: map[sockFlowKey]*pendingFlow{}, held: map[sockFlowKey]*pendingFlow{},
+		events: map[sockFlowKey][]*pendingFlow{}, held: map[sockFlowKey][]*pendingFlow{},
 	}
 }
 
@@ -101,8 +102,7 @@ func (s *sockFlows) onEvent(e ebpf.FlowEvent) {
 	svc := s.serviceAt(e.Service.Addr(), e.Service.Port(), proto)
 	k := sockFlowKey{proto, e.Src.Port(), e.Backend}
 	s.mu.Lock()
-	if h, ok := s.held[k]; ok && h.timer.Stop() {
-		delete(s.held, k)
+	if h := s.take(s.held, k, e.Src.Addr()); h != nil {
 		s.mu.Unlock()
 		h.rec.Service = svc
 		s.record(h.rec)
@@ -116,9 +116,7 @@ func (s *sockFlows) onEvent(e ebpf.FlowEvent) {
 		s.record(r)
 		return
 	}
-	p := &pendingFlow{rec: r}
-	p.timer = time.AfterFunc(joinWait, func() { s.expire(s.events, k, p) })
-	s.events[k] = p
+	s.hold(s.events, k, r)
 	s.mu.Unlock()
 }
 
@@ -127,27 +125,64 @@ func (s *sockFlows) onEvent(e ebpf.FlowEvent) {
 func (s *sockFlows) onConntrack(r flow.Record) {
 	k := sockFlowKey{r.Protocol, r.SrcPort, netip.AddrPortFrom(r.Dst, r.DstPort)}
 	s.mu.Lock()
-	if p, ok := s.events[k]; ok && p.timer.Stop() {
-		delete(s.events, k)
+	if p := s.take(s.events, k, r.Src); p != nil {
 		s.mu.Unlock()
 		r.Service = p.rec.Service
 		s.record(r)
 		return
 	}
-	p := &pendingFlow{rec: r}
-	p.timer = time.AfterFunc(joinWait, func() { s.expire(s.held, k, p) })
-	s.held[k] = p
+	s.hold(s.held, k, r)
 	s.mu.Unlock()
 }
 
+// Several clients may use the same port to the same backend at once, so
+// each key holds a list; a partner must also have the same client
+// address, unless one side does not know it (an unbound UDP socket's
+// event).
+
+// take removes and returns the first pending flow under k whose client
+// address matches src, nil if none (or if its timer has already fired).
+// s.mu is held.
+func (s *sockFlows) take(m map[sockFlowKey][]*pendingFlow, k sockFlowKey, src netip.Addr) *pendingFlow {
+	for i, p := range m[k] {
+		if p.rec.Src != src && !p.rec.Src.IsUnspecified() && !src.IsUnspecified() {
+			continue
+		}
+		if !p.timer.Stop() {
+			return nil // expiring right now: it will be recorded alone
+		}
+		s.remove(m, k, i)
+		return p
+	}
+	return nil
+}
+
+// hold keeps r under k until its partner comes or joinWait passes.
+// s.mu is held.
+func (s *sockFlows) hold(m map[sockFlowKey][]*pendingFlow, k sockFlowKey, r flow.Record) {
+	p := &pendingFlow{rec: r}
+	p.timer = time.AfterFunc(joinWait, func() { s.expire(m, k, p) })
+	m[k] = append(m[k], p)
+}
+
+func (s *sockFlows) remove(m map[sockFlowKey][]*pendingFlow, k sockFlowKey, i int) {
+	l := slices.Delete(m[k], i, i+1)
+	if len(l) == 0 {
+		delete(m, k)
+	} else {
+		m[k] = l
+	}
+}
+
 // expire records a side whose partner did not come.
-func (s *sockFlows) expire(m map[sockFlowKey]*pendingFlow, k sockFlowKey, p *pendingFlow) {
+func (s *sockFlows) expire(m map[sockFlowKey][]*pendingFlow, k sockFlowKey, p *pendingFlow) {
 	s.mu.Lock()
-	if m[k] != p {
+	i := slices.Index(m[k], p)
+	if i < 0 {
 		s.mu.Unlock()
 		return
 	}
-	delete(m, k)
+	s.remove(m, k, i)
 	s.mu.Unlock()
 	s.record(p.rec)
 }

@@ -29,7 +29,7 @@ func TestSockFlowsJoin(t *testing.T) {
 		nameOf: func(netip.Addr) string { return "" },
 		record: func(r flow.Record) { mu.Lock(); got = append(got, r); mu.Unlock() },
 		log:    func(string, ...any) {},
-		events: map[sockFlowKey]*pendingFlow{}, held: map[sockFlowKey]*pendingFlow{},
+		events: map[sockFlowKey][]*pendingFlow{}, held: map[sockFlowKey][]*pendingFlow{},
 	}
 	backend := netip.MustParseAddrPort("10.244.2.5:8080")
 	ev := func(proto model.Protocol, src string) ebpf.FlowEvent {
@@ -72,6 +72,43 @@ func TestSockFlowsJoin(t *testing.T) {
 			}
 		default:
 			t.Errorf("unexpected record %+v", r)
+		}
+	}
+	if len(s.events)+len(s.held) != 0 {
+		t.Errorf("left pending: %d events, %d held", len(s.events), len(s.held))
+	}
+}
+
+// TestSockFlowsSamePortTwoClients: two clients that happen to use the
+// same port to the same backend keep their own records.
+func TestSockFlowsSamePortTwoClients(t *testing.T) {
+	var got []flow.Record
+	var mu sync.Mutex
+	s := &sockFlows{
+		withConntrack: true,
+		serviceAt: func(a netip.Addr, port uint16, proto string) string {
+			return map[string]string{"10.96.0.10:80": "prod/web", "10.96.0.11:80": "prod/api"}[netip.AddrPortFrom(a, port).String()]
+		},
+		nameOf: func(netip.Addr) string { return "" },
+		record: func(r flow.Record) { mu.Lock(); got = append(got, r); mu.Unlock() },
+		log:    func(string, ...any) {},
+		events: map[sockFlowKey][]*pendingFlow{}, held: map[sockFlowKey][]*pendingFlow{},
+	}
+	backend := netip.MustParseAddrPort("10.244.2.5:8080")
+	s.onEvent(ebpf.FlowEvent{Protocol: model.TCP, Src: netip.MustParseAddrPort("10.244.1.7:40001"), Backend: backend, Service: netip.MustParseAddrPort("10.96.0.10:80")})
+	s.onEvent(ebpf.FlowEvent{Protocol: model.TCP, Src: netip.MustParseAddrPort("10.244.3.9:40001"), Backend: backend, Service: netip.MustParseAddrPort("10.96.0.11:80")})
+	for _, src := range []string{"10.244.3.9", "10.244.1.7"} {
+		s.onConntrack(flow.Record{Verdict: flow.Forwarded, Protocol: "tcp", Src: netip.MustParseAddr(src), SrcPort: 40001, Dst: backend.Addr(), DstPort: backend.Port()})
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	want := map[string]string{"10.244.3.9": "prod/api", "10.244.1.7": "prod/web"}
+	if len(got) != 2 {
+		t.Fatalf("records %+v, want 2", got)
+	}
+	for _, r := range got {
+		if want[r.Src.String()] != r.Service {
+			t.Errorf("client %s through %q, want %q", r.Src, r.Service, want[r.Src.String()])
 		}
 	}
 	if len(s.events)+len(s.held) != 0 {
