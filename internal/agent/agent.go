@@ -277,7 +277,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			if ev, err := a.sock.lb.Events(); err != nil {
 				a.cfg.Log.Warn("the socket balancer's flows will not name their Services", "err", err)
 			} else {
-				a.sockFlows = newSockFlows(a, !a.cfg.NoConntrackFlows)
+				a.sockFlows = newSockFlows(a)
 				go a.sockFlows.watch(ctx, ev)
 			}
 		}

@@ -21,9 +21,9 @@ import (
 // has none when the balancer sees it), the event gives the Service. A TCP
 // event comes before conntrack's (the SYN has not left yet), a UDP event
 // after it (at the first reply), so each side waits a little for the
-// other, and is recorded alone when the other never comes: a pod-to-pod
-// flow has no event, and with flowEvents off there is no conntrack
-// record.
+// other, and is recorded alone when the other never comes (a pod-to-pod
+// flow has no event; conntrack may miss an event under load). With
+// flowEvents off neither source runs.
 
 // joinWait is how long one side waits for the other; readEvery is how
 // often the ring is read (events may wait that long in it).
@@ -39,12 +39,10 @@ type sockFlowKey struct {
 }
 
 type sockFlows struct {
-	// withConntrack: conntrack records come too, so events wait for them.
-	withConntrack bool
-	serviceAt     func(a netip.Addr, port uint16, proto string) string
-	nameOf        func(netip.Addr) string
-	record        func(flow.Record)
-	log           func(msg string, args ...any)
+	serviceAt func(a netip.Addr, port uint16, proto string) string
+	nameOf    func(netip.Addr) string
+	record    func(flow.Record)
+	log       func(msg string, args ...any)
 
 	mu     sync.Mutex
 	events map[sockFlowKey][]*pendingFlow // events waiting for conntrack
@@ -56,9 +54,8 @@ type pendingFlow struct {
 	timer *time.Timer
 }
 
-func newSockFlows(a *Agent, withConntrack bool) *sockFlows {
+func newSockFlows(a *Agent) *sockFlows {
 	return &sockFlows{
-		withConntrack: withConntrack,
 		serviceAt: func(ip netip.Addr, port uint16, proto string) string {
 			if a.proxy == nil {
 				return ""
@@ -111,11 +108,6 @@ func (s *sockFlows) onEvent(e ebpf.FlowEvent) {
 	r := flow.Record{Time: time.Now(), Verdict: flow.Forwarded, Protocol: proto, Src: e.Src.Addr(), SrcPort: e.Src.Port(),
 		Dst: e.Backend.Addr(), DstPort: e.Backend.Port(), Service: svc}
 	r.SrcName, r.DstName = s.nameOf(r.Src), s.nameOf(r.Dst)
-	if !s.withConntrack {
-		s.mu.Unlock()
-		s.record(r)
-		return
-	}
 	s.hold(s.events, k, r)
 	s.mu.Unlock()
 }

@@ -19,7 +19,6 @@ func TestSockFlowsJoin(t *testing.T) {
 	var mu sync.Mutex
 	var got []flow.Record
 	s := &sockFlows{
-		withConntrack: true,
 		serviceAt: func(a netip.Addr, port uint16, proto string) string {
 			if a == netip.MustParseAddr("10.96.0.10") && port == 80 {
 				return "prod/web"
@@ -85,7 +84,6 @@ func TestSockFlowsSamePortTwoClients(t *testing.T) {
 	var got []flow.Record
 	var mu sync.Mutex
 	s := &sockFlows{
-		withConntrack: true,
 		serviceAt: func(a netip.Addr, port uint16, proto string) string {
 			return map[string]string{"10.96.0.10:80": "prod/web", "10.96.0.11:80": "prod/api"}[netip.AddrPortFrom(a, port).String()]
 		},
