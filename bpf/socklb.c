@@ -289,6 +289,22 @@ int podnet_sendmsg6(struct bpf_sock_addr *ctx) { return translate6(ctx, 1); }
 // restore puts the Service address back where the kernel reports a
 // backend's address to the application: the source of a UDP reply, or a
 // connected socket's peer.
+// load6 copies an IPv6 address out of a socket context. The verifier takes
+// only constant-offset loads from a socket, so each word is read on its
+// own; the barriers keep the compiler from sharing an address computation
+// between them.
+#define load6(dst, ptr, field)                \
+	do {                                  \
+		(dst)[0] = (ptr)->field[0];   \
+		asm volatile("" : "+r"(ptr)); \
+		(dst)[1] = (ptr)->field[1];   \
+		asm volatile("" : "+r"(ptr)); \
+		(dst)[2] = (ptr)->field[2];   \
+		asm volatile("" : "+r"(ptr)); \
+		(dst)[3] = (ptr)->field[3];   \
+		asm volatile("" : "+r"(ptr)); \
+	} while (0)
+
 // report sends the flow event of a UDP socket's first reply from a
 // backend: the socket has its own address by then.
 static __always_inline void report(struct bpf_sock_addr *ctx, struct rev_key *rk, struct rev_val *rv)
@@ -305,21 +321,11 @@ static __always_inline void report(struct bpf_sock_addr *ctx, struct rev_key *rk
 	__builtin_memset(ev, 0, sizeof(*ev));
 	ev->netns = bpf_get_netns_cookie(ctx);
 	ev->proto = IPPROTO_UDP;
-	// The verifier takes only constant-offset loads from a socket, so
-	// each field is read on its own: the barriers keep the compiler
-	// from sharing an address computation between them.
 	if (sk->family == 2) { // AF_INET
 		ev->src[2] = bpf_htonl(0xffff);
 		ev->src[3] = sk->src_ip4;
 	} else {
-		ev->src[0] = sk->src_ip6[0];
-		asm volatile("" : "+r"(sk));
-		ev->src[1] = sk->src_ip6[1];
-		asm volatile("" : "+r"(sk));
-		ev->src[2] = sk->src_ip6[2];
-		asm volatile("" : "+r"(sk));
-		ev->src[3] = sk->src_ip6[3];
-		asm volatile("" : "+r"(sk));
+		load6(ev->src, sk, src_ip6);
 	}
 	ev->src_port = bpf_htons((__u16)sk->src_port);
 	__builtin_memcpy(ev->dst, rk->addr, sizeof(ev->dst));
@@ -399,23 +405,8 @@ int podnet_sockops(struct bpf_sock_ops *skops)
 		ev.src[2] = bpf_htonl(0xffff);
 		ev.src[3] = skops->local_ip4;
 	} else {
-		// One constant-offset load each (see report).
-		rk.addr[0] = skops->remote_ip6[0];
-		asm volatile("" : "+r"(skops));
-		rk.addr[1] = skops->remote_ip6[1];
-		asm volatile("" : "+r"(skops));
-		rk.addr[2] = skops->remote_ip6[2];
-		asm volatile("" : "+r"(skops));
-		rk.addr[3] = skops->remote_ip6[3];
-		asm volatile("" : "+r"(skops));
-		ev.src[0] = skops->local_ip6[0];
-		asm volatile("" : "+r"(skops));
-		ev.src[1] = skops->local_ip6[1];
-		asm volatile("" : "+r"(skops));
-		ev.src[2] = skops->local_ip6[2];
-		asm volatile("" : "+r"(skops));
-		ev.src[3] = skops->local_ip6[3];
-		asm volatile("" : "+r"(skops));
+		load6(rk.addr, skops, remote_ip6);
+		load6(ev.src, skops, local_ip6);
 	}
 	struct rev_val *rv = bpf_map_lookup_elem(&podnet_udp_rev, &rk);
 	if (!rv)

@@ -16,14 +16,7 @@ import (
 // Node with pod CIDRs, restarts the server and reads the Node back.
 func TestAPIServerRestartKeepsData(t *testing.T) {
 	a := StartAPIServer(t, WithDualStack())
-	cfg, err := clientcmd.BuildConfigFromFlags("", a.Kubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cs, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cs := clientOf(t, a)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
@@ -83,19 +76,8 @@ func TestAPIServerStateDir(t *testing.T) {
 	dir := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	client := func(a *APIServer) kubernetes.Interface {
-		cfg, err := clientcmd.BuildConfigFromFlags("", a.Kubeconfig)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cs, err := kubernetes.NewForConfig(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return cs
-	}
 	first := StartAPIServer(t, WithStateDir(dir))
-	svc, err := client(first).CoreV1().Services("default").Create(ctx, &corev1.Service{
+	svc, err := clientOf(t, first).CoreV1().Services("default").Create(ctx, &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: "kept"},
 		Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Port: 80}}},
 	}, metav1.CreateOptions{})
@@ -107,11 +89,25 @@ func TestAPIServerStateDir(t *testing.T) {
 	if second.URL == first.URL {
 		t.Logf("same port twice by chance: %s", second.URL)
 	}
-	got, err := client(second).CoreV1().Services("default").Get(ctx, "kept", metav1.GetOptions{})
+	got, err := clientOf(t, second).CoreV1().Services("default").Get(ctx, "kept", metav1.GetOptions{})
 	if err != nil {
 		t.Fatalf("second server: %v", err)
 	}
 	if got.Spec.ClusterIP != svc.Spec.ClusterIP {
 		t.Fatalf("ClusterIP %s, want %s", got.Spec.ClusterIP, svc.Spec.ClusterIP)
 	}
+}
+
+// clientOf is a client of the server, through its kubeconfig.
+func clientOf(t *testing.T, a *APIServer) kubernetes.Interface {
+	t.Helper()
+	cfg, err := clientcmd.BuildConfigFromFlags("", a.Kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cs
 }
