@@ -62,7 +62,8 @@ import (
 // apiserver state to the largest size, for later runs.
 // PODNET_BENCH_PROFILE=DIR saves podnet's heap profile after each run;
 // PODNET_BENCH_KUBEPROXY=0 leaves kube-proxy out (a development run,
-// whose RESULTS section has no ratios).
+// whose RESULTS section has no ratios). PODNET_BENCH_LOGS=DIR keeps the
+// proxies' logs there.
 func BenchmarkProxy(b *testing.B) {
 	testenv.RequireRoot(b)
 	sizes := envInts("PODNET_BENCH_PROXY_SIZES", []int{1000, 10000, 30000})
@@ -90,6 +91,14 @@ func BenchmarkProxy(b *testing.B) {
 		b.Fatal(err)
 	}
 	pb := &proxyBench{b: b, c: c, api: api, sizes: sizes, podnet: filepath.Join(testenv.Binaries(b), "podnet"), tmp: b.TempDir(), kpTimeout: kpTimeout}
+	if d := os.Getenv("PODNET_BENCH_LOGS"); d != "" {
+		// Keep every proxy's log (podnet's at debug level) for a look at
+		// where its time went.
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			b.Fatal(err)
+		}
+		pb.tmp = d
+	}
 	for _, n := range []string{"bench-pn", "bench-kp"} {
 		pb.makeNode(n)
 	}

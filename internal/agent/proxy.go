@@ -205,6 +205,7 @@ func (p *svcProxy) run(ctx context.Context) {
 	if !waitSynced(ctx, synced...) {
 		return
 	}
+	p.a.cfg.Log.Debug("service informers synced", "since start", time.Since(processStart).Round(time.Millisecond))
 	defer p.health.closeAll()
 	cfg := p.a.cfg
 	p.conntrackTimeouts()

