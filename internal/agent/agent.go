@@ -373,6 +373,11 @@ func (a *Agent) sync() error {
 	if err := a.syncMasq(up); err != nil {
 		return fmt.Errorf("masquerade: %w", err)
 	}
+	if a.sock != nil {
+		if err := a.sock.uplinks(a.cfg.NetNS, up.names, self.Addrs, a.cfg.ClusterCIDRs); err != nil {
+			return fmt.Errorf("eBPF node port balancer: %w", err)
+		}
+	}
 	if len(self.PodCIDRs) > 0 {
 		if err := a.writeConflist(self.PodCIDRs, a.podMTU(*self, up)); err != nil {
 			return fmt.Errorf("write conflist: %w", err)

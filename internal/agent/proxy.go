@@ -291,7 +291,7 @@ func (p *svcProxy) sync(ctx context.Context) error {
 	}
 	changes := map[string]*proxy.Fragment{}
 	nextUse := map[string]udpUse{}
-	socks := map[string]map[proxy.Frontend]proxy.SocketTarget{}
+	socks := map[string]bpfShare{}
 	for key := range dirty {
 		frag, use, hc, sock := p.render(self, key)
 		changes[key] = frag
@@ -321,7 +321,8 @@ func (p *svcProxy) sync(ctx context.Context) error {
 		// already reachable through them, and one it stops serving still
 		// is.
 		for key, fs := range socks {
-			sock.set(key, fs)
+			sock.set(key, fs.sock)
+			sock.setNodePorts(key, fs.nodePorts)
 		}
 		if _, err := sock.sync(); err != nil {
 			p.backend.RequestFull()
@@ -388,18 +389,18 @@ func (p *svcProxy) sync(ctx context.Context) error {
 
 // render computes one Service's fragment (nil: nothing to program), the
 // UDP endpoints and addresses it serves, and its health check.
-func (p *svcProxy) render(self proxy.Self, key string) (*proxy.Fragment, udpUse, healthCheck, map[proxy.Frontend]proxy.SocketTarget) {
+func (p *svcProxy) render(self proxy.Self, key string) (*proxy.Fragment, udpUse, healthCheck, bpfShare) {
 	log := p.a.cfg.Log
 	obj, exists, err := p.services.GetIndexer().GetByKey(key)
 	if err != nil || !exists {
-		return nil, udpUse{}, healthCheck{}, nil
+		return nil, udpUse{}, healthCheck{}, bpfShare{}
 	}
 	svc, err := k8s.Service(obj.(*corev1.Service))
 	if err != nil {
 		if !errors.Is(err, k8s.ErrNotProxied) {
 			log.Warn("skipping service", "service", key, "err", err)
 		}
-		return nil, udpUse{}, healthCheck{}, nil
+		return nil, udpUse{}, healthCheck{}, bpfShare{}
 	}
 	objs, _ := p.slices.GetIndexer().ByIndex(sliceServiceIndex, key)
 	slices := make([]*discoveryv1.EndpointSlice, 0, len(objs))
@@ -415,11 +416,19 @@ func (p *svcProxy) render(self proxy.Self, key string) (*proxy.Fragment, udpUse,
 	if svc.ExternalLocal && svc.HealthCheckNodePort != 0 {
 		hc = healthCheck{port: svc.HealthCheckNodePort, name: svc.ServiceName, local: info.LocalEndpoints}
 	}
-	var sock map[proxy.Frontend]proxy.SocketTarget
+	var share bpfShare
 	if p.a.sock != nil {
-		sock = proxy.SocketBackends(self, svc, eps)
+		share.sock = proxy.SocketBackends(self, svc, eps)
+		share.nodePorts = proxy.NodePortBackends(self, svc, eps)
 	}
-	return &frag, udpUsage(self, svc, eps), hc, sock
+	return &frag, udpUsage(self, svc, eps), hc, share
+}
+
+// bpfShare is one Service's share of the eBPF dataplane: what the socket
+// balancer and the tc balancer serve.
+type bpfShare struct {
+	sock      map[proxy.Frontend]proxy.SocketTarget
+	nodePorts map[proxy.Frontend]proxy.NodePortTarget
 }
 
 // udpUse is what a Service's UDP ports send to and accept on.

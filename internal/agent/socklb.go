@@ -3,6 +3,7 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
@@ -38,6 +39,14 @@ type sockLB struct {
 	// backends: remove); synced says the maps were reconciled once.
 	pending map[proxy.Frontend]proxy.SocketTarget
 	synced  bool
+
+	// np is the tc balancer for traffic entering from outside the node
+	// (node ports, external and load-balancer IPs), npPer its frontends
+	// per Service, and attached the uplinks it is on.
+	np       *ebpf.NodePort
+	npPer    map[string]map[proxy.Frontend]proxy.NodePortTarget
+	npDirty  bool
+	attached map[string]bool
 }
 
 // openSockLB loads and attaches the balancer, or says plainly why this
@@ -59,14 +68,20 @@ func openSockLB(cfg Config) (*sockLB, error) {
 		return nil, fmt.Errorf("the eBPF dataplane cannot run on this kernel or machine (it needs BPF cgroup sock_addr programs, netns cookies and a BPF file system at %s): %w",
 			filepath.Dir(cfg.BPFPinDir), err)
 	}
-	s := &sockLB{lb: lb, scoped: cfg.ScopedSockets, netns: map[string]uint64{}, perSvc: map[string]map[proxy.Frontend]proxy.SocketTarget{}}
+	np, err := ebpf.OpenNodePort(cfg.BPFPinDir)
+	if err != nil {
+		lb.Close()
+		return nil, fmt.Errorf("the eBPF dataplane cannot run on this kernel (its node port balancer needs tc TCX links and the nf_conntrack kfuncs): %w", err)
+	}
+	s := &sockLB{lb: lb, scoped: cfg.ScopedSockets, netns: map[string]uint64{}, perSvc: map[string]map[proxy.Frontend]proxy.SocketTarget{},
+		np: np, npPer: map[string]map[proxy.Frontend]proxy.NodePortTarget{}, npDirty: true, attached: map[string]bool{}}
 	if !s.scoped {
 		err = lb.AllowNetNS(0)
 	} else {
 		err = s.allow(nsPath(cfg.NetNS))
 	}
 	if err != nil {
-		lb.Close()
+		s.close()
 		return nil, err
 	}
 	return s, nil
@@ -130,11 +145,59 @@ func (s *sockLB) set(key string, fs map[proxy.Frontend]proxy.SocketTarget) {
 	}
 }
 
+// setNodePorts records one Service's external entry points for the tc
+// balancer (nil: none, or the Service is gone).
+func (s *sockLB) setNodePorts(key string, fs map[proxy.Frontend]proxy.NodePortTarget) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(fs) == 0 && s.npPer[key] == nil {
+		return
+	}
+	if len(fs) == 0 {
+		delete(s.npPer, key)
+	} else {
+		s.npPer[key] = fs
+	}
+	s.npDirty = true
+}
+
+// uplinks puts the tc balancer on the node's uplinks (once each) and
+// tells it the node's addresses and the pod ranges.
+func (s *sockLB) uplinks(nsPath string, names []string, addrs []netip.Addr, podRanges []netip.Prefix) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, n := range names {
+		if s.attached[n] {
+			continue
+		}
+		if err := s.np.Attach(nsPath, n); err != nil {
+			return err
+		}
+		s.attached[n] = true
+	}
+	return s.np.SetNode(addrs, podRanges)
+}
+
 // sync writes the changes since the last sync to the maps; the first one
 // reconciles them whole with what an earlier agent left.
 func (s *sockLB) sync() (ebpf.Stats, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.npDirty {
+		// External entry points are few next to ClusterIPs: the tc
+		// balancer's whole set goes each time it changed, and Sync
+		// writes only what differs.
+		all := map[proxy.Frontend]proxy.NodePortTarget{}
+		for _, fs := range s.npPer {
+			for f, t := range fs {
+				all[f] = t
+			}
+		}
+		if _, err := s.np.Sync(all); err != nil {
+			return ebpf.Stats{}, fmt.Errorf("node port balancer: %w", err)
+		}
+		s.npDirty = false
+	}
 	if !s.synced {
 		all := map[proxy.Frontend]proxy.SocketTarget{}
 		for _, fs := range s.perSvc {
@@ -160,6 +223,7 @@ func (s *sockLB) sync() (ebpf.Stats, error) {
 func (s *sockLB) close() {
 	if s != nil {
 		s.lb.Close()
+		s.np.Close()
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	cebpf "github.com/cilium/ebpf"
 	"github.com/ti-mo/conntrack"
 	corev1 "k8s.io/api/core/v1"
 
@@ -401,6 +402,35 @@ func testServices(t *testing.T, dataplane string) {
 			}
 		}
 	})
+
+	if dataplane == "ebpf" {
+		t.Run("tc-balancer-set-up-external-connections", func(t *testing.T) {
+			// The node port and external connections above were set up
+			// by the tc balancer on each node's uplink, not by the
+			// nftables rules behind it: its counters say so, and node2
+			// dropped the policy-Local connection it has no endpoint for.
+			for node, min := range map[string][2]uint64{"node1": {1, 0}, "node2": {1, 1}} {
+				m, err := cebpf.LoadPinnedMap(filepath.Join(lab.Dir(l.name), "bpf", node, "podnet_np_counters"), nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var sums [2]uint64
+				for i := range sums {
+					var per []uint64
+					if err := m.Lookup(uint32(i), &per); err != nil {
+						t.Fatal(err)
+					}
+					for _, c := range per {
+						sums[i] += c
+					}
+				}
+				m.Close()
+				if sums[0] < min[0] || sums[1] < min[1] {
+					t.Errorf("%s: tc balancer translated %d and dropped %d first packets, want at least %d and %d", node, sums[0], sums[1], min[0], min[1])
+				}
+			}
+		})
+	}
 
 	t.Run("internal-traffic-policy-local", func(t *testing.T) {
 		for client, want := range map[string]string{"c1": "svc/w1", "c2": "svc/w2"} {
