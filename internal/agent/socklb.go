@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 
 	"github.com/podnet/podnet/internal/cgroup"
@@ -47,6 +48,9 @@ type sockLB struct {
 	npPer    map[string]map[proxy.Frontend]proxy.NodePortTarget
 	npDirty  bool
 	attached map[string]bool
+	// nodeAddrs and podRanges are what the tc balancer was last told.
+	nodeAddrs []netip.Addr
+	podRanges []netip.Prefix
 }
 
 // openSockLB loads and attaches the balancer, or says plainly why this
@@ -175,7 +179,14 @@ func (s *sockLB) uplinks(nsPath string, names []string, addrs []netip.Addr, podR
 		}
 		s.attached[n] = true
 	}
-	return s.np.SetNode(addrs, podRanges)
+	if slices.Equal(addrs, s.nodeAddrs) && slices.Equal(podRanges, s.podRanges) {
+		return nil
+	}
+	if err := s.np.SetNode(addrs, podRanges); err != nil {
+		return err
+	}
+	s.nodeAddrs, s.podRanges = slices.Clone(addrs), slices.Clone(podRanges)
+	return nil
 }
 
 // sync writes the changes since the last sync to the maps; the first one

@@ -66,15 +66,20 @@ func NodePortBackends(self Self, s model.Service, eps map[model.PortKey][]model.
 				out[Frontend{Addr: a, Port: p.Port, Protocol: p.Protocol}] = t
 			}
 			if p.NodePort != 0 {
-				any := netip.IPv4Unspecified()
-				if cip.Is6() {
-					any = netip.IPv6Unspecified()
-				}
-				out[Frontend{Addr: any, Port: p.NodePort, Protocol: p.Protocol}] = t
+				out[Frontend{Addr: Unspecified(cip), Port: p.NodePort, Protocol: p.Protocol}] = t
 			}
 		}
 	}
 	return out
+}
+
+// Unspecified is the unspecified address of a's family: a node port's
+// frontend address, which stands for every address of the node.
+func Unspecified(a netip.Addr) netip.Addr {
+	if a.Is4() {
+		return netip.IPv4Unspecified()
+	}
+	return netip.IPv6Unspecified()
 }
 
 func addrPorts(eps []model.Endpoint) []netip.AddrPort {

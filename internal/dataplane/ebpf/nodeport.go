@@ -34,6 +34,9 @@ type NodePort struct {
 	// agent has no target, so the first Sync rewrites it.
 	committed map[Frontend]npEntry
 	next      uint32
+	// garbage are backend sets no frontend points at any more, deleted
+	// once a Sync has completed (a failed one leaves them for the next).
+	garbage []npEntry
 }
 
 type npEntry struct {
@@ -133,21 +136,15 @@ func (n *NodePort) Attach(nsPath, ifname string) error {
 // as Cluster).
 func (n *NodePort) SetNode(addrs []netip.Addr, podRanges []netip.Prefix) error {
 	want := map[[4]uint32]nodeportNpBackend{}
+	// Each family's unspecified address holds its primary address, and
+	// every address of the node maps to its family's primary.
 	for _, a := range addrs {
-		any := netip.IPv6Unspecified()
-		if a.Is4() {
-			any = netip.IPv4Unspecified()
-		}
-		if _, ok := want[words(any)]; !ok {
-			want[words(any)] = nodeportNpBackend{Addr: words(a)}
+		if _, ok := want[words(proxy.Unspecified(a))]; !ok {
+			want[words(proxy.Unspecified(a))] = nodeportNpBackend{Addr: words(a)}
 		}
 	}
 	for _, a := range addrs {
-		any := netip.IPv6Unspecified()
-		if a.Is4() {
-			any = netip.IPv4Unspecified()
-		}
-		want[words(a)] = want[words(any)]
+		want[words(a)] = want[words(proxy.Unspecified(a))]
 	}
 	var k, v nodeportNpBackend
 	var stale []nodeportNpBackend
@@ -183,28 +180,18 @@ func (n *NodePort) SetNode(addrs []netip.Addr, podRanges []netip.Prefix) error {
 // complete set.
 func (n *NodePort) Sync(desired map[Frontend]proxy.NodePortTarget) (Stats, error) {
 	st := Stats{}
-	var garbage []npEntry
 	for f, t := range desired {
 		old, had := n.committed[f]
 		if had && old.target != nil && sameTarget(*old.target, t) {
 			continue
 		}
 		e := npEntry{target: &t, id: n.newID(), local: n.newID()}
-		if err := n.writeBackends(e.id, t.Cluster); err != nil {
+		if err := n.put(f, e); err != nil {
+			n.garbage = append(n.garbage, e) // whatever of it was written
 			return st, err
-		}
-		if err := n.writeBackends(e.local, t.Local); err != nil {
-			return st, err
-		}
-		val := nodeportNpVal{Id: e.id, Count: uint32(len(t.Cluster)), LocalId: e.local, LocalCount: uint32(len(t.Local))}
-		if t.LocalPolicy {
-			val.Flags = 1
-		}
-		if err := n.objs.PodnetNpFrontends.Update(npKey(f), val, cebpf.UpdateAny); err != nil {
-			return st, fmt.Errorf("frontend %s: %w", f, err)
 		}
 		if had {
-			garbage = append(garbage, old)
+			n.garbage = append(n.garbage, old)
 		}
 		n.committed[f] = e
 		st.Changed++
@@ -216,19 +203,39 @@ func (n *NodePort) Sync(desired map[Frontend]proxy.NodePortTarget) (Stats, error
 		if err := n.objs.PodnetNpFrontends.Delete(npKey(f)); err != nil && !errors.Is(err, cebpf.ErrKeyNotExist) {
 			return st, fmt.Errorf("frontend %s: %w", f, err)
 		}
-		garbage = append(garbage, e)
+		n.garbage = append(n.garbage, e)
 		delete(n.committed, f)
 		st.Changed++
 	}
-	for _, e := range garbage {
+	for _, e := range n.garbage {
 		n.deleteBackends(e.id)
 		n.deleteBackends(e.local)
 	}
+	n.garbage = nil
 	st.Frontends = len(n.committed)
 	for _, e := range n.committed {
 		st.Backends += len(e.target.Cluster) + len(e.target.Local)
 	}
 	return st, nil
+}
+
+// put writes e's backends, then points f at them.
+func (n *NodePort) put(f Frontend, e npEntry) error {
+	t := e.target
+	if err := n.writeBackends(e.id, t.Cluster); err != nil {
+		return err
+	}
+	if err := n.writeBackends(e.local, t.Local); err != nil {
+		return err
+	}
+	val := nodeportNpVal{Id: e.id, Count: uint32(len(t.Cluster)), LocalId: e.local, LocalCount: uint32(len(t.Local))}
+	if t.LocalPolicy {
+		val.Flags = 1
+	}
+	if err := n.objs.PodnetNpFrontends.Update(npKey(f), val, cebpf.UpdateAny); err != nil {
+		return fmt.Errorf("frontend %s: %w", f, err)
+	}
+	return nil
 }
 
 func sameTarget(a, b proxy.NodePortTarget) bool {
