@@ -292,6 +292,14 @@ func (a *Agent) Run(ctx context.Context) error {
 		if !a.cfg.NoConntrackFlows {
 			go a.watchConntrack(ctx)
 		}
+		if a.sock != nil {
+			// Drops are always reported, as nflog's are.
+			if drops, err := a.sock.np.Drops(); err != nil {
+				a.cfg.Log.Warn("the node port balancer's drops will not reach the flow log", "err", err)
+			} else {
+				go a.watchBPFDrops(ctx, drops)
+			}
+		}
 	}
 	if a.flowLog != nil {
 		defer a.flowLog.Close()

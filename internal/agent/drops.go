@@ -2,11 +2,13 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"strings"
 	"time"
 
+	"github.com/podnet/podnet/internal/dataplane/ebpf"
 	"github.com/podnet/podnet/internal/dataplane/nflog"
 	"github.com/podnet/podnet/internal/dataplane/nft"
 	"github.com/podnet/podnet/internal/flow"
@@ -86,6 +88,35 @@ func (a *Agent) watchNflog(ctx context.Context) {
 	}
 }
 
+// watchBPFDrops records the eBPF node port balancer's drops as the
+// nftables dataplane's nflog reports are recorded: same verdict, same
+// reason, same names.
+func (a *Agent) watchBPFDrops(ctx context.Context, drops *ebpf.Ring[ebpf.DropEvent]) {
+	go func() {
+		<-ctx.Done()
+		drops.Close()
+	}()
+	for {
+		ev, err := drops.Read(time.Time{})
+		if err != nil {
+			if !errors.Is(err, ebpf.ErrClosed) {
+				a.cfg.Log.Warn("node port balancer drops", "err", err)
+			}
+			return
+		}
+		if !ev.NoLocalEndpoint {
+			continue
+		}
+		r := flow.Record{Time: time.Now(), Verdict: flow.Dropped, Reason: flow.ReasonNoLocalEndpoints, Protocol: string(ev.Protocol),
+			Src: ev.Src.Addr(), SrcPort: ev.Src.Port(), Dst: ev.Dst.Addr(), DstPort: ev.Dst.Port()}
+		if a.proxy != nil {
+			r.Service = a.proxy.serviceAt(r.Dst, r.DstPort, r.Protocol)
+		}
+		r.SrcName, r.DstName = a.names.name(r.Src), a.names.name(r.Dst)
+		a.record(r)
+	}
+}
+
 // dropLine is the log line of a policy drop.
 func dropLine(r flow.Record) string {
 	pod := r.SrcName
@@ -143,6 +174,11 @@ func (a *Agent) explainPacket(pkt nflog.Packet) (flow.Record, bool) {
 		}
 	case strings.HasPrefix(pkt.Prefix, proxy.LogPrefixNoEndpoints):
 		r.Verdict, r.Reason = flow.Rejected, flow.ReasonNoEndpoints
+		if a.proxy != nil {
+			r.Service = a.proxy.serviceAt(r.Dst, r.DstPort, r.Protocol)
+		}
+	case strings.HasPrefix(pkt.Prefix, proxy.LogPrefixNoLocal):
+		r.Verdict, r.Reason = flow.Dropped, flow.ReasonNoLocalEndpoints
 		if a.proxy != nil {
 			r.Service = a.proxy.serviceAt(r.Dst, r.DstPort, r.Protocol)
 		}

@@ -481,10 +481,22 @@ func (p *svcProxy) serviceAt(a netip.Addr, port uint16, proto string) string {
 					p.vips[netip.AddrPortFrom(ip, sp.Port).String()+"/"+string(sp.Protocol)] = s.ServiceName.String()
 				}
 			}
+			// Node ports, under the family's unspecified address: they
+			// answer on every address of the node.
+			for _, cip := range s.ClusterIPs {
+				for _, sp := range s.Ports {
+					if sp.NodePort != 0 {
+						p.vips[netip.AddrPortFrom(proxy.Unspecified(cip), sp.NodePort).String()+"/"+string(sp.Protocol)] = s.ServiceName.String()
+					}
+				}
+			}
 		}
 		p.vipsDirty = false
 	}
-	return p.vips[netip.AddrPortFrom(a, port).String()+"/"+proto]
+	if name, ok := p.vips[netip.AddrPortFrom(a, port).String()+"/"+proto]; ok {
+		return name
+	}
+	return p.vips[netip.AddrPortFrom(proxy.Unspecified(a), port).String()+"/"+proto]
 }
 
 // stripManagedFields is an informer transform: managed fields are a large

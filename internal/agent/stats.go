@@ -62,7 +62,7 @@ func newStatsCollector(a *Agent) *statsCollector {
 	return &statsCollector{a: a, mono: map[string]*monotonic{},
 		fwdPackets:    prometheus.NewDesc("podnet_forwarded_packets_total", "Packets the node forwarded (after podnet's service and policy filters).", nil, nil),
 		fwdBytes:      prometheus.NewDesc("podnet_forwarded_bytes_total", "Bytes the node forwarded (after podnet's service and policy filters).", nil, nil),
-		dropPackets:   prometheus.NewDesc("podnet_dropped_packets_total", "Packets dropped or rejected, by reason: policy, no_endpoints (a Service without endpoints, rejected with ICMP), conntrack_invalid, no_route (the IP MIB's InNoRoutes and OutNoRoutes).", []string{"reason"}, nil),
+		dropPackets:   prometheus.NewDesc("podnet_dropped_packets_total", "Packets dropped or rejected, by reason: policy, no_endpoints (a Service without endpoints, rejected with ICMP), no_local_endpoints (a traffic policy Local entry point on a node without an endpoint), conntrack_invalid, no_route (the IP MIB's InNoRoutes and OutNoRoutes).", []string{"reason"}, nil),
 		dropBytes:     prometheus.NewDesc("podnet_dropped_bytes_total", "Bytes dropped or rejected, by reason (no_route has no byte count).", []string{"reason"}, nil),
 		cniOps:        prometheus.NewDesc("podnet_cni_operations_total", "CNI plugin calls on this node, by verb (ADD, DEL) and result.", []string{"op", "result"}, nil),
 		cniDuration:   prometheus.NewDesc("podnet_cni_operation_duration_seconds", "Duration of CNI plugin calls on this node, by verb.", []string{"op"}, nil),
@@ -105,6 +105,15 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	if a.proxy != nil {
 		if cs, err := a.proxy.backend.Counters(ctx); err == nil {
 			drop("no_endpoints", cs[proxy.CounterNoEndpoints])
+			noLocal := cs[proxy.CounterNoLocal]
+			if a.sock != nil {
+				// The eBPF balancer drops these before the rules see
+				// them; it counts packets, not bytes.
+				if bc, err := a.sock.np.Counters(); err == nil {
+					noLocal.Packets += bc.DroppedLocal
+				}
+			}
+			drop("no_local_endpoints", noLocal)
 			drop("conntrack_invalid", cs[proxy.CounterInvalid])
 		}
 	}

@@ -23,7 +23,10 @@ const (
 const (
 	ReasonPolicy      = "policy"
 	ReasonNoEndpoints = "no_endpoints"
-	ReasonInvalid     = "conntrack_invalid"
+	// ReasonNoLocalEndpoints: a traffic policy Local entry point on a
+	// node with no endpoint of its own.
+	ReasonNoLocalEndpoints = "no_local_endpoints"
+	ReasonInvalid          = "conntrack_invalid"
 )
 
 // Record is one flow: a 5-tuple with its verdict, enriched with names.

@@ -73,8 +73,14 @@ type Self struct {
 // prefixes.
 const (
 	LogPrefixNoEndpoints = "podnet-proxy no-endpoints "
+	LogPrefixNoLocal     = "podnet-proxy no-local-endpoints "
 	LogPrefixInvalid     = "podnet-proxy invalid "
 )
+
+// dropNoLocal is the verdict for a policy-Local entry point on a node
+// without an endpoint: dropped (kube-proxy's behaviour: the client times
+// out rather than taking a refusal for a closed port), and reported.
+const dropNoLocal = "goto drop-no-local-chain"
 
 // Chain is one regular chain and its rules, in nft syntax.
 type Chain struct {
@@ -142,9 +148,11 @@ type Skeleton struct {
 }
 
 // The proxy's named counters: packets rejected for want of an endpoint,
+// dropped for want of an endpoint on this node (a traffic policy Local),
 // and forwarded packets dropped as conntrack-invalid.
 const (
 	CounterNoEndpoints = "no-endpoints"
+	CounterNoLocal     = "no-local-endpoints"
 	CounterInvalid     = "conntrack-invalid"
 )
 
@@ -179,8 +187,9 @@ func NewSkeleton(self Self) Skeleton {
 	sk.Chains = append(sk.Chains,
 		Chain{Name: "mark-for-masquerade", Rules: []string{masq}},
 		Chain{Name: "reject-chain", Rules: []string{logTo(self, LogPrefixNoEndpoints) + fmt.Sprintf("counter name %q reject", CounterNoEndpoints)}},
+		Chain{Name: "drop-no-local-chain", Rules: []string{logTo(self, LogPrefixNoLocal) + fmt.Sprintf("counter name %q drop", CounterNoLocal)}},
 	)
-	sk.Counters = []string{CounterNoEndpoints, CounterInvalid}
+	sk.Counters = []string{CounterNoEndpoints, CounterNoLocal, CounterInvalid}
 	services := Chain{Name: "services"}
 	post := []string{}
 	filterIn, filterOut := []string{}, []string{}

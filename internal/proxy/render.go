@@ -158,7 +158,7 @@ func (r *renderer) port(f family, cip netip.Addr, ext []netip.Addr, p model.Serv
 	case s.InternalLocal:
 		// Endpoints exist, but none here: kube-proxy drops, so the client
 		// sees a timeout, not a refusal it might take for a closed port.
-		r.named("no-endpoints"+f.v, cipKey, "drop", human)
+		r.named("no-endpoints"+f.v, cipKey, dropNoLocal, human)
 	case len(cluster) > 0:
 		r.named("services"+f.v, cipKey, useSvc(), human)
 	default:
@@ -199,7 +199,7 @@ func (r *renderer) port(f family, cip netip.Addr, ext []netip.Addr, p model.Serv
 		if len(local) > 0 {
 			rules = append(rules, useLoc())
 		} else {
-			rules = append(rules, "drop")
+			rules = append(rules, dropNoLocal)
 		}
 	}
 	r.chain(extChain, rules)

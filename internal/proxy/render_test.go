@@ -179,12 +179,32 @@ func TestExternalTrafficPolicy(t *testing.T) {
 	f, info := Render(other, local, eps(local), NewSlots())
 	d = dump(f)
 	has(t, d, "rule ext4-")
-	if !strings.Contains(d, "default/np/http drop\n") {
+	// The drop goes through the chain that reports it (nflog, counter).
+	if !strings.Contains(d, "default/np/http goto drop-no-local-chain\n") {
 		t.Errorf("no drop for a node without local endpoints:\n%s", d)
 	}
+	assertDropsNoLocal(t)
 	if info.LocalEndpoints != 0 {
 		t.Errorf("local endpoints %d", info.LocalEndpoints)
 	}
+}
+
+// assertDropsNoLocal checks that the skeleton's drop-no-local-chain
+// reports and counts, then drops.
+func assertDropsNoLocal(t *testing.T) {
+	t.Helper()
+	reporting := self
+	reporting.NflogGroup = 100
+	for _, c := range NewSkeleton(reporting).Chains {
+		if c.Name == "drop-no-local-chain" {
+			r := strings.Join(c.Rules, "\n")
+			if !strings.Contains(r, LogPrefixNoLocal) || !strings.Contains(r, CounterNoLocal) || !strings.HasSuffix(r, " drop") {
+				t.Errorf("drop-no-local-chain: %q", r)
+			}
+			return
+		}
+	}
+	t.Error("the skeleton has no drop-no-local-chain")
 }
 
 func TestHealthCheckCountsOnlyReadyLocalEndpoints(t *testing.T) {
@@ -206,7 +226,8 @@ func TestInternalTrafficPolicyLocal(t *testing.T) {
 	s := svc("itp", func(s *model.Service) { s.InternalLocal = true })
 	eps := map[model.PortKey][]model.Endpoint{key(s, "http"): {ep("10.244.2.5", 80, "n2")}}
 	d := dump(mustRender(s, eps))
-	has(t, d, "element no-endpoints4 10.96.0.10 . tcp . 80 : drop")
+	has(t, d, "element no-endpoints4 10.96.0.10 . tcp . 80 : goto drop-no-local-chain")
+	assertDropsNoLocal(t)
 	eps[key(s, "http")] = append(eps[key(s, "http")], ep("10.244.1.5", 80, "n1"))
 	d = dump(mustRender(s, eps))
 	has(t, d, "services4 10.96.0.10 . tcp . 80 : goto lb4-tcp-1\n", "cluster-endpoints4-tcp 10.96.0.10 . 80 . 0 : 10.244.1.5 . 80\n")

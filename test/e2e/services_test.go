@@ -21,6 +21,7 @@ import (
 
 	"github.com/podnet/podnet/internal/agent"
 	"github.com/podnet/podnet/internal/cgroup"
+	"github.com/podnet/podnet/internal/flow"
 	"github.com/podnet/podnet/internal/lab"
 	"github.com/podnet/podnet/internal/netns"
 )
@@ -372,6 +373,16 @@ func testServices(t *testing.T, dataplane string) {
 		if _, _, err := call(l.router(), "TCP", hostPort("192.168.77.12", 30081), 0, 1500*time.Millisecond); err == nil {
 			t.Errorf("external → node2:30081 connected, but node2 has no local endpoint")
 		}
+		// The drop is in node2's flow log with its reason and Service,
+		// under either dataplane (nflog, or the tc balancer's ring).
+		waitFor(t, "node2's flow log names the policy-Local drop", func() bool {
+			for _, r := range parseFlows(t, l.flows("-o", "json", "--verdict", "dropped")) {
+				if r.Node == "node2" && r.Reason == flow.ReasonNoLocalEndpoints && r.DstPort == 30081 && r.Service == "svc/np-local" {
+					return true
+				}
+			}
+			return false
+		})
 		// Pods may use any endpoint: only external clients are limited.
 		if _, _, err := call(l.pod("c2"), "TCP", hostPort("192.168.77.12", 30081), 0, time.Second); err != nil {
 			t.Errorf("pod c2 → node2:30081: %v", err)

@@ -180,12 +180,25 @@ func TestNodePortBalancer(t *testing.T) {
 
 	// Policy Local without an endpoint here: dropped, and counted.
 	sync(map[Frontend]proxy.NodePortTarget{nodePort: {Cluster: backend, LocalPolicy: true}})
+	drops, err := l.np.Drops()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer drops.Close()
 	before := counters().DroppedLocal
 	if got := l.dial(t, "10.98.0.1:30080"); got != "" {
 		t.Fatalf("policy Local with no local endpoint: %q answered", got)
 	}
 	if c := counters(); c.DroppedLocal <= before {
 		t.Fatalf("counters %+v: the drop was not counted", c)
+	}
+	// And reported, for the flow log.
+	ev, err := drops.Read(time.Now().Add(time.Second))
+	if err != nil {
+		t.Fatalf("no drop event: %v", err)
+	}
+	if ev.Src.Addr().String() != "10.98.0.2" || ev.Dst.String() != "10.98.0.1:30080" || ev.Protocol != model.TCP || !ev.NoLocalEndpoint {
+		t.Errorf("drop event %+v", ev)
 	}
 
 	// A client in the cluster's pod range may use any endpoint under
