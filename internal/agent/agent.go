@@ -304,6 +304,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.flowLog != nil {
 		defer a.flowLog.Close()
 	}
+	if a.sock != nil {
+		go a.watchPodLinks(ctx)
+	}
 	// The balancer's pins stay: translation goes on while no agent runs.
 	defer a.sock.close()
 	a.loop(ctx)

@@ -1,15 +1,22 @@
 package agent
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 
+	"github.com/vishvananda/netlink"
+	vns "github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
 	"github.com/podnet/podnet/internal/cgroup"
+	"github.com/podnet/podnet/internal/cni"
 	"github.com/podnet/podnet/internal/dataplane/ebpf"
 	"github.com/podnet/podnet/internal/netns"
 	"github.com/podnet/podnet/internal/proxy"
@@ -254,4 +261,60 @@ func (a *Agent) ForgetSocketNetNS(path string) error {
 		return nil
 	}
 	return a.sock.forget(path)
+}
+
+// watchPodLinks puts the tc balancer on each pod's host-side device as it
+// appears, so that pods reaching a node port or a load-balancer IP are
+// set up by it too, and drops the pins of devices that went away (also
+// those that went while no agent ran).
+func (a *Agent) watchPodLinks(ctx context.Context) {
+	s := a.sock
+	var opts netlink.LinkSubscribeOptions
+	if a.cfg.NetNS != "" {
+		h, err := vns.GetFromPath(a.cfg.NetNS)
+		if err != nil {
+			a.cfg.Log.Warn("pods will reach node ports through the nftables rules only", "err", err)
+			return
+		}
+		defer h.Close()
+		opts.Namespace = &h
+	}
+	opts.ListExisting = true
+	opts.ErrorCallback = func(err error) { a.cfg.Log.Debug("link updates", "err", err) }
+	updates := make(chan netlink.LinkUpdate, 64)
+	if err := netlink.LinkSubscribeWithOptions(updates, ctx.Done(), opts); err != nil {
+		a.cfg.Log.Warn("pods will reach node ports through the nftables rules only", "err", err)
+		return
+	}
+	present := map[string]bool{}
+	for _, name := range a.podLinks() {
+		present[name] = true
+	}
+	s.mu.Lock()
+	for _, name := range s.np.Attached() {
+		if strings.HasPrefix(name, cni.HostIfPrefix) && !present[name] {
+			s.np.Detach(name)
+		}
+	}
+	s.mu.Unlock()
+	seen := map[string]int{} // device name → index it was attached at
+	for u := range updates {
+		name := u.Attrs().Name
+		if !strings.HasPrefix(name, cni.HostIfPrefix) {
+			continue
+		}
+		s.mu.Lock()
+		switch {
+		case u.Header.Type == unix.RTM_DELLINK:
+			s.np.Detach(name)
+			delete(seen, name)
+		case seen[name] != u.Attrs().Index:
+			if err := s.np.Attach(a.cfg.NetNS, name); err != nil {
+				a.cfg.Log.Debug("node port balancer on a pod device", "device", name, "err", err)
+			} else {
+				seen[name] = u.Attrs().Index
+			}
+		}
+		s.mu.Unlock()
+	}
 }

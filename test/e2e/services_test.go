@@ -239,6 +239,28 @@ func TestServices(t *testing.T) {
 	}
 }
 
+// tcCounters reads a lab node's tc balancer counters (pinned): first
+// packets translated, and dropped for want of a local endpoint.
+func tcCounters(t *testing.T, labName, node string) [2]uint64 {
+	t.Helper()
+	m, err := cebpf.LoadPinnedMap(filepath.Join(lab.Dir(labName), "bpf", node, "podnet_np_counters"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	var sums [2]uint64
+	for i := range sums {
+		var per []uint64
+		if err := m.Lookup(uint32(i), &per); err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range per {
+			sums[i] += c
+		}
+	}
+	return sums
+}
+
 func testServices(t *testing.T, dataplane string) {
 	if dataplane == "ebpf" {
 		if _, err := cgroup.Root(); err != nil {
@@ -421,24 +443,17 @@ func testServices(t *testing.T, dataplane string) {
 			// nftables rules behind it: its counters say so, and node2
 			// dropped the policy-Local connection it has no endpoint for.
 			for node, min := range map[string][2]uint64{"node1": {1, 0}, "node2": {1, 1}} {
-				m, err := cebpf.LoadPinnedMap(filepath.Join(lab.Dir(l.name), "bpf", node, "podnet_np_counters"), nil)
-				if err != nil {
-					t.Fatal(err)
+				if got := tcCounters(t, l.name, node); got[0] < min[0] || got[1] < min[1] {
+					t.Errorf("%s: tc balancer translated %d and dropped %d first packets, want at least %d and %d", node, got[0], got[1], min[0], min[1])
 				}
-				var sums [2]uint64
-				for i := range sums {
-					var per []uint64
-					if err := m.Lookup(uint32(i), &per); err != nil {
-						t.Fatal(err)
-					}
-					for _, c := range per {
-						sums[i] += c
-					}
-				}
-				m.Close()
-				if sums[0] < min[0] || sums[1] < min[1] {
-					t.Errorf("%s: tc balancer translated %d and dropped %d first packets, want at least %d and %d", node, sums[0], sums[1], min[0], min[1])
-				}
+			}
+			// On the pods' devices too: c3 reaching its own node's port.
+			before := tcCounters(t, l.name, "node3")[0]
+			if _, _, err := call(l.pod("c3"), "TCP", hostPort("192.168.77.13", 30080), 0, time.Second); err != nil {
+				t.Fatalf("pod c3 → node3:30080: %v", err)
+			}
+			if after := tcCounters(t, l.name, "node3")[0]; after != before+1 {
+				t.Errorf("pod c3 → node3:30080: tc balancer translated %d connections, want 1", after-before)
 			}
 		})
 	}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 
 	cebpf "github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -28,7 +29,7 @@ import (
 type NodePort struct {
 	objs   nodeportObjects
 	pinDir string
-	links  []link.Link
+	links  map[string]link.Link // by device name
 
 	// committed is what the maps hold; an entry read back from a previous
 	// agent has no target, so the first Sync rewrites it.
@@ -49,7 +50,7 @@ func OpenNodePort(pinDir string) (*NodePort, error) {
 	if err := os.MkdirAll(pinDir, 0o700); err != nil {
 		return nil, fmt.Errorf("pin directory: %w", err)
 	}
-	n := &NodePort{pinDir: pinDir, committed: map[Frontend]npEntry{}}
+	n := &NodePort{pinDir: pinDir, committed: map[Frontend]npEntry{}, links: map[string]link.Link{}}
 	opts := &cebpf.CollectionOptions{Maps: cebpf.MapOptions{PinPath: pinDir}}
 	err := loadNodeportObjects(&n.objs, opts)
 	if errors.Is(err, cebpf.ErrMapIncompatible) {
@@ -92,33 +93,48 @@ func (n *NodePort) unpinMaps() {
 
 // Attach puts the program on the ingress of device ifname in the network
 // namespace at nsPath ("" for the current one), or swaps it into the link
-// a previous agent pinned there.
+// a previous agent pinned there for that same device.
 func (n *NodePort) Attach(nsPath, ifname string) error {
-	pin := filepath.Join(n.pinDir, "np-link-"+ifname)
-	if old, err := link.LoadPinnedLink(pin, nil); err == nil {
-		if err := old.Update(n.objs.PodnetNodeport); err == nil {
-			n.links = append(n.links, old)
-			return nil
+	in := func(fn func() error) error {
+		if nsPath == "" {
+			return fn()
 		}
-		// The device went away and came back: attach afresh.
+		return netns.Do(nsPath, fn)
+	}
+	var ifindex int
+	if err := in(func() error {
+		ifc, err := net.InterfaceByName(ifname)
+		if err == nil {
+			ifindex = ifc.Index
+		}
+		return err
+	}); err != nil {
+		return fmt.Errorf("attach node port balancer to %s: %w", ifname, err)
+	}
+	if prev := n.links[ifname]; prev != nil {
+		// Our own handle; the pin keeps the link, and is looked at next.
+		prev.Close()
+		delete(n.links, ifname)
+	}
+	pin := n.linkPin(ifname)
+	if old, err := link.LoadPinnedLink(pin, nil); err == nil {
+		// A pod's device name comes back with a new pod: the pinned link
+		// is the old device's (detached, or on another index) unless the
+		// index matches.
+		if info, err := old.Info(); err == nil && info.TCX() != nil && int(info.TCX().Ifindex) == ifindex {
+			if err := old.Update(n.objs.PodnetNodeport); err == nil {
+				n.links[ifname] = old
+				return nil
+			}
+		}
 		old.Unpin()
 		old.Close()
 	}
 	var lk link.Link
-	attach := func() error {
-		ifc, err := net.InterfaceByName(ifname)
-		if err != nil {
-			return err
-		}
-		lk, err = link.AttachTCX(link.TCXOptions{Interface: ifc.Index, Program: n.objs.PodnetNodeport, Attach: cebpf.AttachTCXIngress})
+	err := in(func() (err error) {
+		lk, err = link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: n.objs.PodnetNodeport, Attach: cebpf.AttachTCXIngress})
 		return err
-	}
-	var err error
-	if nsPath == "" {
-		err = attach()
-	} else {
-		err = netns.Do(nsPath, attach)
-	}
+	})
 	if err != nil {
 		return fmt.Errorf("attach node port balancer to %s: %w", ifname, err)
 	}
@@ -126,8 +142,35 @@ func (n *NodePort) Attach(nsPath, ifname string) error {
 		lk.Close()
 		return fmt.Errorf("pin node port link: %w", err)
 	}
-	n.links = append(n.links, lk)
+	n.links[ifname] = lk
 	return nil
+}
+
+func (n *NodePort) linkPin(ifname string) string {
+	return filepath.Join(n.pinDir, "np-link-"+ifname)
+}
+
+// Detach takes the program off ifname (a pod's device that went away:
+// the kernel detached it with the device, the pin is what is left).
+func (n *NodePort) Detach(ifname string) {
+	if lk := n.links[ifname]; lk != nil {
+		lk.Close()
+		delete(n.links, ifname)
+	}
+	if lk, err := link.LoadPinnedLink(n.linkPin(ifname), nil); err == nil {
+		lk.Unpin()
+		lk.Close()
+	}
+}
+
+// Attached lists the devices the program has pinned links on.
+func (n *NodePort) Attached() []string {
+	pins, _ := filepath.Glob(filepath.Join(n.pinDir, "np-link-*"))
+	var out []string
+	for _, p := range pins {
+		out = append(out, strings.TrimPrefix(filepath.Base(p), "np-link-"))
+	}
+	return out
 }
 
 // SetNode tells the program the node's own addresses (a node port answers
