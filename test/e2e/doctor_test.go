@@ -102,8 +102,10 @@ func (l *labRun) inNode(node string, args ...string) {
 
 // TestDoctorCatchesBreakage breaks each thing doctor checks, one at a
 // time, on purpose, and checks that doctor names it with a fix, then
-// repairs it and checks doctor is content again. (The clock comparison is
-// judged in a unit test: a network namespace has the host's clock.)
+// repairs it and checks doctor is content again. (The clock and the API
+// server are broken in internal/agent's TestCheckAPIBreakage, against a
+// real apiserver behind a proxy that shifts its clock: a network namespace
+// has the host's clock.)
 func TestDoctorCatchesBreakage(t *testing.T) {
 	l := startLab(t, "--mode", "vxlan")
 	l.apply(explainYAML)
