@@ -34,6 +34,9 @@ import (
 type Config struct {
 	NodeName string
 	Client   kubernetes.Interface
+	// PodNetNSDirs are where the runtime names pods' network namespaces,
+	// for live probes (nil: DefaultPodNetNSDirs).
+	PodNetNSDirs []string
 	// NetNS is the path of the node's network namespace; empty means the
 	// agent's own (the production case: a hostNetwork pod).
 	NetNS string

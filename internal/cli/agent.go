@@ -344,6 +344,7 @@ func serveHealth(addr string, a *agent.Agent, log *slog.Logger, profiling bool) 
 	mux.Handle("/metrics", promhttp.HandlerFor(a.Registry(), promhttp.HandlerOpts{}))
 	mux.Handle("/flows", agent.FlowsHandler(a))
 	mux.Handle("/route", agent.RouteHandler(a))
+	mux.Handle("/probe", agent.ProbeHandler(a))
 	mux.HandleFunc("/doctor", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(a.Doctor(r.Context()))

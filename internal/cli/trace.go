@@ -42,15 +42,20 @@ func traceCmd() *cobra.Command {
 					return err
 				}
 			} else {
-				if live {
-					return fmt.Errorf("--live needs a lab (in a cluster, use podnet connectivity test and podnet flows)")
-				}
 				env, err := newClusterEnv(cmd.Context(), kubeconfig, namespace)
 				if err != nil {
 					return err
 				}
-				if res, _, err = trace.Run(env, trace.Request{From: args[0], To: to, Port: uint16(port), Protocol: protocol}); err != nil {
+				var ep trace.Endpoints
+				if res, ep, err = trace.Run(env, trace.Request{From: args[0], To: to, Port: uint16(port), Protocol: protocol}); err != nil {
 					return err
+				}
+				if live {
+					sources, err := clusterFlowSources(cmd.Context(), kubeconfig, namespace)
+					if err != nil {
+						return err
+					}
+					res.Live = env.live(args[0], ep, sources)
 				}
 			}
 			if output == "json" {

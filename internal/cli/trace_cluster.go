@@ -5,12 +5,16 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"net/url"
 	"sort"
+	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	utilnet "k8s.io/apimachinery/pkg/util/net"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/podnet/podnet/internal/agent"
@@ -151,4 +155,60 @@ func (e *clusterEnv) Service(ns, name string, like netip.Addr, port uint16) (net
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Addr().Less(out[j].Addr()) })
 	return netip.AddrPortFrom(vip, uint16(sp.Port)), out, nil
+}
+
+// live runs --live in a cluster: the agent on the source pod's node makes
+// one real connection from inside the pod (POST /probe), then every
+// node's agent is asked for the flows it recorded from the pod since.
+func (e *clusterEnv) live(from string, ep trace.Endpoints, sources []*flowSource) string {
+	start := time.Now()
+	probe := func() (agent.ProbeAnswer, error) {
+		var ans agent.ProbeAnswer
+		ns, name, _ := strings.Cut(from, "/")
+		p, err := e.client.CoreV1().Pods(ns).Get(e.ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return ans, err
+		}
+		pod, ok := e.agents[p.Spec.NodeName]
+		if !ok {
+			return ans, fmt.Errorf("no podnet agent on node %s", p.Spec.NodeName)
+		}
+		b, err := e.client.CoreV1().RESTClient().Post().Namespace(e.namespace).Resource("pods").
+			Name(utilnet.JoinSchemeNamePort("http", pod, "9941")).SubResource("proxy").Suffix("probe").
+			Param("pod", from).Param("dst", netip.AddrPortFrom(ep.Dst, ep.Port).String()).Param("protocol", string(ep.Protocol)).
+			DoRaw(e.ctx)
+		if err != nil {
+			return ans, fmt.Errorf("agent on %s: %w: %s", p.Spec.NodeName, err, strings.TrimSpace(string(b)))
+		}
+		return ans, json.Unmarshal(b, &ans)
+	}
+	flows := func() []string {
+		time.Sleep(300 * time.Millisecond) // let the events arrive
+		// The agents' clocks may be a little off ours: ask a second more.
+		q := url.Values{"from": {from}, "since": {(time.Since(start) + time.Second).Round(time.Second).String()}}
+		var seen []string
+		for _, s := range sources {
+			page, err := s.get(e.ctx, q)
+			if err != nil {
+				seen = append(seen, fmt.Sprintf("node %s: %v", s.node, err))
+				continue
+			}
+			for _, r := range page.Flows {
+				if !r.Time.Before(start) {
+					seen = append(seen, r.String())
+				}
+			}
+		}
+		return seen
+	}
+	return liveReport(probe, flows)
+}
+
+// liveReport is the --live line from a probe and the flows that followed.
+func liveReport(probe func() (agent.ProbeAnswer, error), flows func() []string) string {
+	ans, err := probe()
+	if err != nil {
+		return "not sent: " + err.Error()
+	}
+	return trace.LiveLine(ans.Outcome+" (from "+ans.Pod+"'s namespace "+ans.NetNS+", in "+ans.Took+")", flows())
 }

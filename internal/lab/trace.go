@@ -156,15 +156,11 @@ func (l *Lab) traceLive(ctx context.Context, req TraceRequest, src *sandbox, dst
 			seen = append(seen, r.String())
 		}
 	}
-	sort.Strings(seen)
 	outcome := "connected"
 	if err != nil {
 		outcome = "failed: " + err.Error()
 	}
-	if len(seen) == 0 {
-		return outcome + "; the kernel reported no event for it"
-	}
-	return outcome + "; kernel events: " + strings.Join(seen, " | ")
+	return trace.LiveLine(outcome, seen)
 }
 
 func (n *labNode) nodeAddr(is4 bool) netip.Addr {

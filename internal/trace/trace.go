@@ -7,6 +7,7 @@ package trace
 import (
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 )
 
@@ -42,6 +43,18 @@ type Result struct {
 	Line string `json:"line"`
 	// Live, for --live, says what real packets did.
 	Live string `json:"live,omitempty"`
+}
+
+// LiveLine is the --live report: the outcome of the real connection
+// ("connected", "failed: ...") and the kernel events the nodes recorded
+// for it, in a stable order.
+func LiveLine(outcome string, events []string) string {
+	if len(events) == 0 {
+		return outcome + "; the kernel reported no event for it"
+	}
+	events = slices.Clone(events)
+	slices.Sort(events)
+	return outcome + "; kernel events: " + strings.Join(events, " | ")
 }
 
 // Add appends a hop.
