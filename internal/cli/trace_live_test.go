@@ -20,7 +20,9 @@ func TestLiveReport(t *testing.T) {
 		t.Errorf("no events: %s", got)
 	}
 	flowsAsked := false
-	got = liveReport(func() (agent.ProbeAnswer, error) { return agent.ProbeAnswer{}, errors.New("no podnet agent on node n3") },
+	got = liveReport(func() (agent.ProbeAnswer, error) {
+		return agent.ProbeAnswer{}, errors.New("no podnet agent on node n3")
+	},
 		func() []string { flowsAsked = true; return nil })
 	if got != "not sent: no podnet agent on node n3" || flowsAsked {
 		t.Errorf("probe not sent: %q (flows asked: %v)", got, flowsAsked)
