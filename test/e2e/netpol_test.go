@@ -13,12 +13,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ti-mo/conntrack"
+	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/podnet/podnet/internal/lab"
+	"github.com/podnet/podnet/internal/netns"
 )
 
 // The truth-table tests: for each scenario (a set of policies, sometimes a
@@ -321,6 +324,17 @@ func podAddr(p *corev1.Pod, is4 bool) netip.Addr {
 func (l *labRun) checkMatrix(t *testing.T, pols []networkingv1.NetworkPolicy, probeArgs ...string) {
 	t.Helper()
 	w, byKey := l.npWorld(t, pols)
+	// A UDP probe that happens to reuse the source port of an earlier
+	// allowed probe (random ports, a 30 s conntrack timeout) would belong
+	// to that flow, which a policy change does not cut, as with every
+	// conntrack-based enforcer. Each matrix starts from fresh flows.
+	nodes := map[string]bool{}
+	for _, p := range w.pods {
+		nodes[p.Spec.NodeName] = true
+	}
+	for n := range nodes {
+		flushUDPConntrack(t, l.nodeNS(n))
+	}
 	res := l.probe(append([]string{"--timeout", "700ms"}, probeArgs...)...)
 	type cell struct{ want, got bool }
 	grid := map[string]map[string]map[string]cell{} // port → from → to
@@ -526,5 +540,30 @@ spec:
 				t.Errorf("%s: %s -> %s (backend nx/a:81): connected %t, model says %t (%s)", fam, pr.From, pr.To, pr.Connected, want, pr.Error)
 			}
 		}
+	}
+}
+
+// flushUDPConntrack deletes a lab node's UDP conntrack entries.
+func flushUDPConntrack(t *testing.T, nsPath string) {
+	t.Helper()
+	err := netns.Do(nsPath, func() error {
+		c, err := conntrack.Dial(nil)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		flows, err := c.Dump(nil)
+		if err != nil {
+			return err
+		}
+		for _, f := range flows {
+			if f.TupleOrig.Proto.Protocol == unix.IPPROTO_UDP {
+				c.Delete(f)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Errorf("flush UDP conntrack in %s: %v", nsPath, err)
 	}
 }

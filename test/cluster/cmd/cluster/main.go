@@ -80,6 +80,14 @@ func main() {
 				if err != nil || !strings.Contains(out, "DELIVERED") {
 					code = 1
 				}
+				// --live: the pod's agent connects from inside the pod's
+				// namespace (DNS over TCP on the same Service).
+				out, err = c.RunOnNode1(podnet, "trace", "kube-system/"+strings.TrimSpace(dns), "kube-system/kube-dns:53", "--protocol", "TCP", "--live", "--kubeconfig", c.Kubeconfig())
+				fmt.Print(out)
+				if err != nil || !strings.Contains(out, "connected (from kube-system/") {
+					fmt.Fprintln(os.Stderr, "trace --live did not connect from the pod")
+					code = 1
+				}
 			}
 		}
 		if !*keep {
