@@ -50,13 +50,13 @@ func BenchmarkDataplanes(b *testing.B) {
 			}
 		}
 		m := measureDataplane(b, bin, dp, runs)
-		for _, path := range []string{"pod → pod", "pod → ClusterIP"} {
+		for _, path := range []string{"pod → pod", "pod → ClusterIP", "external → NodePort"} {
 			r := m[path]
 			fmt.Fprintf(&rows, "| %s | %s | %.0f | %.0f | %.2f | %.3f |\n", dp, path, median(r.rr), median(r.crr), median(r.gbps), median(r.cpuPerGbit))
 		}
 	}
 	out := fmt.Sprintf("## Dataplanes: Service traffic under nftables and eBPF\n\n`go test ./bench -run '^$' -bench Dataplanes -benchtime 1x`\n\n"+
-		"2-node lab (`--mode direct`), client pod on node1, server pod on node2; \"pod → pod\" is the baseline with no Service. "+
+		"2-node lab (`--mode direct`), client pod on node1, server pod on node2; \"pod → pod\" is the baseline with no Service; \"external → NodePort\" is the lab's router (outside the cluster) to node1's node port, served by the pod on node2. "+
 		"TCP_RR: 1-byte request/response transactions per second on one connection; TCP_CRR: connect, one transaction, close, per second; "+
 		"stream: one iperf3 TCP stream; CPU per Gbit: the machine's busy CPU seconds (all processes and the kernel, from /proc/stat) during the stream, per gigabit moved. Medians of %d runs of 3 s.\n\n"+
 		"| dataplane | path | TCP_RR /s | TCP_CRR /s | stream Gbit/s | CPU s per Gbit |\n|---|---|---|---|---|---|\n%s", runs, rows.String())
@@ -117,8 +117,9 @@ apiVersion: v1
 kind: Service
 metadata: {name: rr, namespace: bench}
 spec:
+  type: NodePort
   selector: {app: server}
-  ports: [{name: rr, port: 80, targetPort: 7000}, {name: stream, port: 5201, targetPort: 5201}]
+  ports: [{name: rr, port: 80, targetPort: 7000, nodePort: 30080}, {name: stream, port: 5201, targetPort: 5201, nodePort: 30201}]
 `
 	f := filepath.Join(b.TempDir(), "bench.yaml")
 	os.WriteFile(f, []byte(manifest), 0o644)
@@ -163,14 +164,22 @@ spec:
 	for _, path := range []struct{ name, rr, stream string }{
 		{"pod → pod", net.JoinHostPort(serverIP, "7001"), serverIP},
 		{"pod → ClusterIP", net.JoinHostPort(vip, "80"), vip},
+		// From the fabric's router (outside the cluster) to node1's node
+		// port, served by the pod on node2: translated, masqueraded and
+		// forwarded (under ebpf the tc balancer sets it up).
+		{"external → NodePort", "192.168.77.11:30080", "192.168.77.11:30201"},
 	} {
+		from := clientNS
+		if strings.HasPrefix(path.name, "external") {
+			from = netns.Path(lab.Prefix(name) + "router")
+		}
 		r := &dpResult{}
 		res[path.name] = r
 		for range runs {
-			r.rr = append(r.rr, tcpRR(b, clientNS, path.rr, 3*time.Second))
-			r.crr = append(r.crr, tcpCRR(b, clientNS, path.rr, 3*time.Second))
+			r.rr = append(r.rr, tcpRR(b, from, path.rr, 3*time.Second))
+			r.crr = append(r.crr, tcpCRR(b, from, path.rr, 3*time.Second))
 			c0, t0 := busySeconds(), time.Now()
-			g, err := iperfVia(clientNS, serverNS, serverIP, path.stream, 3)
+			g, err := iperfVia(from, serverNS, serverIP, path.stream, 3)
 			if err != nil {
 				b.Fatalf("%s %s stream: %v", dataplane, path.name, err)
 			}

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"strings"
@@ -38,7 +39,12 @@ func iperfVia(clientNS, serverNS, bind, dst string, secs int) (float64, error) {
 		time.Sleep(100 * time.Millisecond)
 		err = netns.Do(clientNS, func() error {
 			var e error
-			out, e = exec.Command("iperf3", "-c", dst, "-t", fmt.Sprint(secs), "-O", "1", "-J").Output()
+			args := []string{"-c", dst, "-t", fmt.Sprint(secs), "-O", "1", "-J"}
+			if ap, err := netip.ParseAddrPort(dst); err == nil {
+				// A translated port (a node port) in front of 5201.
+				args = []string{"-c", ap.Addr().String(), "-p", fmt.Sprint(ap.Port()), "-t", fmt.Sprint(secs), "-O", "1", "-J"}
+			}
+			out, e = exec.Command("iperf3", args...).Output()
 			return e
 		})
 		if err == nil {
