@@ -388,8 +388,10 @@ func (a *Agent) sync() error {
 		return fmt.Errorf("masquerade: %w", err)
 	}
 	if a.sock != nil {
-		if err := a.sock.uplinks(a.cfg.NetNS, up.names, self.Addrs, a.cfg.ClusterCIDRs); err != nil {
-			return fmt.Errorf("eBPF node port balancer: %w", err)
+		// Not fatal: without the tc balancer (a kernel without TCX links,
+		// say) the nftables rules serve node ports as they always do.
+		if err := a.sock.uplinks(a.cfg.NetNS, up.names, self.Addrs, a.cfg.ClusterCIDRs); err != nil && a.sock.warnOnce(err.Error()) {
+			a.cfg.Log.Warn("node ports stay with the nftables rules", "err", err)
 		}
 	}
 	if len(self.PodCIDRs) > 0 {

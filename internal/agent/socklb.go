@@ -58,6 +58,22 @@ type sockLB struct {
 	// nodeAddrs and podRanges are what the tc balancer was last told.
 	nodeAddrs []netip.Addr
 	podRanges []netip.Prefix
+	warned    map[string]bool
+}
+
+// warnOnce reports whether msg is new, so a lasting problem is logged
+// once, not on every resync.
+func (s *sockLB) warnOnce(msg string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.warned[msg] {
+		return false
+	}
+	if s.warned == nil {
+		s.warned = map[string]bool{}
+	}
+	s.warned[msg] = true
+	return true
 }
 
 // openSockLB loads and attaches the balancer, or says plainly why this
