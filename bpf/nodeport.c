@@ -19,7 +19,7 @@
 //
 // What it leaves alone goes on to the nftables rules, which handle it as
 // under the nftables dataplane: frontends the agent did not put in the map
-// (session affinity, SCTP, more endpoints than a slot), Cluster frontends
+// (SCTP, more endpoints than a slot), Cluster frontends
 // with no endpoint (the rules reject), and anything not a first packet.
 
 #include <linux/bpf.h>
@@ -95,7 +95,7 @@ struct np_val {
 	__u32 local_id;    // this node's endpoints, for Local
 	__u32 local_count;
 	__u32 flags;
-	__u32 pad;
+	__u32 affinity; // sessionAffinity ClientIP timeout in seconds, 0: none
 };
 
 struct np_backend_key {
@@ -124,6 +124,29 @@ struct {
 	__type(value, struct np_backend);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } podnet_np_backends SEC(".maps");
+
+// Session affinity: the backend a client last had at a frontend, by its
+// position in the set and its address (to notice that the set changed
+// under it).
+struct np_aff_key {
+	__u32 client[4];
+	struct np_key frontend;
+};
+
+struct np_aff_val {
+	__u64 last; // bpf_ktime_get_ns of the client's last connection
+	__u32 index;
+	__u32 pad;
+	struct np_backend backend;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct np_aff_key);
+	__type(value, struct np_aff_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} podnet_np_affinity SEC(".maps");
 
 // The node's own addresses (IPv4-mapped or IPv6), for node ports. The
 // value is the address to masquerade to for that family: the node's
@@ -299,6 +322,45 @@ static __always_inline void report_drop(struct flow *f)
 	bpf_ringbuf_submit(d, 0);
 }
 
+static __always_inline int same_backend(struct np_backend *a, struct np_backend *b)
+{
+	return a->addr[0] == b->addr[0] && a->addr[1] == b->addr[1] && a->addr[2] == b->addr[2] &&
+	       a->addr[3] == b->addr[3] && a->port == b->port;
+}
+
+// pick chooses one of the n backends under id: at random, or, with
+// session affinity, the one the client had while it comes back within the
+// timeout and that backend is still where it was.
+static __always_inline struct np_backend *pick(struct np_key *fk, struct np_val *v, __u32 id, __u32 n, struct flow *f)
+{
+	struct np_backend_key bk = {.id = id};
+	if (!v->affinity) {
+		bk.index = bpf_get_prandom_u32() % n;
+		return bpf_map_lookup_elem(&podnet_np_backends, &bk);
+	}
+	struct np_aff_key ak = {};
+	__builtin_memcpy(ak.client, f->src, 16);
+	__builtin_memcpy(&ak.frontend, fk, sizeof(ak.frontend));
+	__u64 now = bpf_ktime_get_ns();
+	struct np_aff_val *av = bpf_map_lookup_elem(&podnet_np_affinity, &ak);
+	if (av && now - av->last < (__u64)v->affinity * 1000000000ULL && av->index < n) {
+		bk.index = av->index;
+		struct np_backend *be = bpf_map_lookup_elem(&podnet_np_backends, &bk);
+		if (be && same_backend(be, &av->backend)) {
+			av->last = now;
+			return be;
+		}
+	}
+	bk.index = bpf_get_prandom_u32() % n;
+	struct np_backend *be = bpf_map_lookup_elem(&podnet_np_backends, &bk);
+	if (!be)
+		return 0;
+	struct np_aff_val nv = {.last = now, .index = bk.index};
+	__builtin_memcpy(&nv.backend, be, sizeof(nv.backend));
+	bpf_map_update_elem(&podnet_np_affinity, &ak, &nv, BPF_ANY);
+	return be;
+}
+
 SEC("tc")
 int podnet_nodeport(struct __sk_buff *skb)
 {
@@ -345,8 +407,7 @@ int podnet_nodeport(struct __sk_buff *skb)
 		count(NP_PASSED);
 		return TC_ACT_OK;
 	}
-	struct np_backend_key bk = {.id = id, .index = bpf_get_prandom_u32() % n};
-	struct np_backend *be = bpf_map_lookup_elem(&podnet_np_backends, &bk);
+	struct np_backend *be = pick(&key, v, id, n, &f);
 	if (!be) {
 		count(NP_ERRORS);
 		return TC_ACT_OK;

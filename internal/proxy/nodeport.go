@@ -3,6 +3,7 @@ package proxy
 import (
 	"net/netip"
 	"slices"
+	"time"
 
 	"github.com/podnet/podnet/internal/model"
 )
@@ -17,6 +18,9 @@ type NodePortTarget struct {
 	// LocalPolicy is externalTrafficPolicy: Local: clients outside the
 	// cluster keep their address and reach Local only (none: dropped).
 	LocalPolicy bool
+	// Affinity, when set, sends a client (by its address) back to the
+	// endpoint it had while it returns within this long.
+	Affinity time.Duration
 }
 
 // NodePortBackends is the tc balancer's share of one Service: its node
@@ -25,13 +29,10 @@ type NodePortTarget struct {
 // endpoints chosen exactly as the nftables rules choose them. What it
 // leaves out stays with the nftables rules, which see every packet the
 // balancer did not set up: entry points with no endpoint to use under
-// policy Cluster (the rules reject), session affinity (the rules keep the
-// client's backend), SCTP, and ports with more endpoints than a slot.
+// policy Cluster (the rules reject), SCTP, and ports with more endpoints
+// than a slot.
 func NodePortBackends(self Self, s model.Service, eps map[model.PortKey][]model.Endpoint) map[Frontend]NodePortTarget {
 	out := map[Frontend]NodePortTarget{}
-	if s.Affinity != 0 {
-		return out
-	}
 	for _, cip := range s.ClusterIPs {
 		var addrs []netip.Addr
 		for _, a := range append(append([]netip.Addr{}, s.ExternalIPs...), s.LoadBalancerIPs...) {
@@ -58,7 +59,7 @@ func NodePortBackends(self Self, s model.Service, eps map[model.PortKey][]model.
 			if len(cluster) > SlotSize || len(local) > SlotSize {
 				continue
 			}
-			t := NodePortTarget{Cluster: addrPorts(cluster), LocalPolicy: s.ExternalLocal}
+			t := NodePortTarget{Cluster: addrPorts(cluster), LocalPolicy: s.ExternalLocal, Affinity: s.Affinity}
 			if s.ExternalLocal {
 				t.Local = addrPorts(local)
 			}

@@ -39,12 +39,12 @@ func TestNodePortBackendsFollowTheRules(t *testing.T) {
 	if len(got[np].Local) != 0 || !got[np].LocalPolicy || len(got[np].Cluster) != 1 {
 		t.Errorf("policy Local without a local endpoint: %v", got)
 	}
-	// Left to the rules: no endpoints (they reject), affinity, SCTP, and
+	// Left to the rules: no endpoints (they reject), SCTP, and
 	// a ClusterIP-only Service has nothing external at all.
 	if got := NodePortBackends(self, s, nil); len(got) != 0 {
 		t.Errorf("no endpoints: %v", got)
 	}
-	if got := NodePortBackends(self, withNodePort(func(s *model.Service) { s.Affinity = time.Minute }), eps); len(got) != 0 {
+	if got := NodePortBackends(self, withNodePort(func(s *model.Service) { s.Affinity = time.Minute }), eps); got[np].Affinity != time.Minute || len(got[np].Cluster) != 2 {
 		t.Errorf("session affinity: %v", got)
 	}
 	sctp := withNodePort(func(s *model.Service) { s.Ports[0].Protocol = model.SCTP })

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	cebpf "github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -79,7 +80,7 @@ func OpenNodePort(pinDir string) (*NodePort, error) {
 
 func (n *NodePort) mapsPinned() []string {
 	var out []string
-	for _, name := range []string{"podnet_np_frontends", "podnet_np_backends", "podnet_np_node_addrs", "podnet_np_cluster", "podnet_np_counters", "podnet_np_drops"} {
+	for _, name := range []string{"podnet_np_frontends", "podnet_np_backends", "podnet_np_node_addrs", "podnet_np_cluster", "podnet_np_counters", "podnet_np_drops", "podnet_np_affinity"} {
 		out = append(out, filepath.Join(n.pinDir, name))
 	}
 	return out
@@ -275,6 +276,7 @@ func (n *NodePort) put(f Frontend, e npEntry) error {
 	if t.LocalPolicy {
 		val.Flags = 1
 	}
+	val.Affinity = uint32(t.Affinity / time.Second)
 	if err := n.objs.PodnetNpFrontends.Update(npKey(f), val, cebpf.UpdateAny); err != nil {
 		return fmt.Errorf("frontend %s: %w", f, err)
 	}
@@ -282,7 +284,7 @@ func (n *NodePort) put(f Frontend, e npEntry) error {
 }
 
 func sameTarget(a, b proxy.NodePortTarget) bool {
-	return a.LocalPolicy == b.LocalPolicy && slices.Equal(a.Cluster, b.Cluster) && slices.Equal(a.Local, b.Local)
+	return a.LocalPolicy == b.LocalPolicy && a.Affinity == b.Affinity && slices.Equal(a.Cluster, b.Cluster) && slices.Equal(a.Local, b.Local)
 }
 
 func (n *NodePort) writeBackends(id uint32, bs []netip.AddrPort) error {

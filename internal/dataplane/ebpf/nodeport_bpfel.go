@@ -19,6 +19,21 @@ type nodeportLpmKey struct {
 	Addr      [4]uint32
 }
 
+type nodeportNpAffKey struct {
+	_        structs.HostLayout
+	Client   [4]uint32
+	Frontend nodeportNpKey
+}
+
+type nodeportNpAffVal struct {
+	_       structs.HostLayout
+	Last    uint64
+	Index   uint32
+	Pad     uint32
+	Backend nodeportNpBackend
+	_       [4]byte
+}
+
 type nodeportNpBackend struct {
 	_    structs.HostLayout
 	Addr [4]uint32
@@ -47,13 +62,14 @@ type nodeportNpVal struct {
 	LocalId    uint32
 	LocalCount uint32
 	Flags      uint32
-	Pad        uint32
+	Affinity   uint32
 }
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	nodeportMapPodnetNpAffinity  = "podnet_np_affinity"
 	nodeportMapPodnetNpBackends  = "podnet_np_backends"
 	nodeportMapPodnetNpCluster   = "podnet_np_cluster"
 	nodeportMapPodnetNpCounters  = "podnet_np_counters"
@@ -112,6 +128,7 @@ type nodeportProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type nodeportMapSpecs struct {
+	PodnetNpAffinity  *ebpf.MapSpec `ebpf:"podnet_np_affinity"`
 	PodnetNpBackends  *ebpf.MapSpec `ebpf:"podnet_np_backends"`
 	PodnetNpCluster   *ebpf.MapSpec `ebpf:"podnet_np_cluster"`
 	PodnetNpCounters  *ebpf.MapSpec `ebpf:"podnet_np_counters"`
@@ -146,6 +163,7 @@ func (o *nodeportObjects) Close() error {
 //
 // It can be passed to loadNodeportObjects or ebpf.CollectionSpec.LoadAndAssign.
 type nodeportMaps struct {
+	PodnetNpAffinity  *ebpf.Map `ebpf:"podnet_np_affinity"`
 	PodnetNpBackends  *ebpf.Map `ebpf:"podnet_np_backends"`
 	PodnetNpCluster   *ebpf.Map `ebpf:"podnet_np_cluster"`
 	PodnetNpCounters  *ebpf.Map `ebpf:"podnet_np_counters"`
@@ -156,6 +174,7 @@ type nodeportMaps struct {
 
 func (m *nodeportMaps) Close() error {
 	return _NodeportClose(
+		m.PodnetNpAffinity,
 		m.PodnetNpBackends,
 		m.PodnetNpCluster,
 		m.PodnetNpCounters,

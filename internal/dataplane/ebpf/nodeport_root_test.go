@@ -62,6 +62,7 @@ func newNPLab(t *testing.T) *npLab {
 	}
 	addr(nh, "up0", "10.98.0.1/24")
 	addr(nh, "lo", "10.98.1.1/32")
+	addr(nh, "lo", "10.98.1.2/32")
 	addr(ch, "up1", "10.98.0.2/24")
 	up1, _ := ch.LinkByName("up1")
 	_, ext, _ := net.ParseCIDR("10.98.2.0/24")
@@ -83,21 +84,25 @@ func newNPLab(t *testing.T) *npLab {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	var ln net.Listener
-	if err := netns.Do(l.node, func() (err error) { ln, err = net.Listen("tcp", "10.98.1.1:8080"); return err }); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Write([]byte(c.RemoteAddr().(*net.TCPAddr).IP.String() + "\n"))
-			c.Close()
+	// Two backends: each answers with the address the connection came
+	// from; the second also names itself.
+	for addr, suffix := range map[string]string{"10.98.1.1:8080": "", "10.98.1.2:8080": " via b2"} {
+		var ln net.Listener
+		if err := netns.Do(l.node, func() (err error) { ln, err = net.Listen("tcp", addr); return err }); err != nil {
+			t.Fatal(err)
 		}
-	}()
+		t.Cleanup(func() { ln.Close() })
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				c.Write([]byte(c.RemoteAddr().(*net.TCPAddr).IP.String() + suffix + "\n"))
+				c.Close()
+			}
+		}()
+	}
 	if l.np, err = OpenNodePort(pins); err != nil {
 		t.Fatal(err)
 	}
@@ -252,5 +257,33 @@ func TestNodePortReopen(t *testing.T) {
 	}
 	if got := l.dial(t, "10.98.0.1:30080"); got != "" {
 		t.Fatalf("after remove: %q still answered", got)
+	}
+}
+
+// TestNodePortAffinity: with sessionAffinity ClientIP a client keeps its
+// backend; without, it sees both.
+func TestNodePortAffinity(t *testing.T) {
+	l := newNPLab(t)
+	both := []netip.AddrPort{netip.MustParseAddrPort("10.98.1.1:8080"), netip.MustParseAddrPort("10.98.1.2:8080")}
+	sticky := Frontend{Addr: netip.IPv4Unspecified(), Port: 30090, Protocol: model.TCP}
+	plain := Frontend{Addr: netip.IPv4Unspecified(), Port: 30091, Protocol: model.TCP}
+	if _, err := l.np.Sync(map[Frontend]proxy.NodePortTarget{
+		sticky: {Cluster: both, Affinity: time.Minute},
+		plain:  {Cluster: both},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	seen := func(port string) map[string]int {
+		m := map[string]int{}
+		for range 16 {
+			m[l.dial(t, "10.98.0.1:"+port)]++
+		}
+		return m
+	}
+	if m := seen("30090"); len(m) != 1 || m[""] != 0 {
+		t.Errorf("with affinity the client saw %v, want one backend every time", m)
+	}
+	if m := seen("30091"); len(m) != 2 || m[""] != 0 {
+		t.Errorf("without affinity the client saw %v, want both backends", m)
 	}
 }
