@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/podnet/podnet/internal/netns"
@@ -24,12 +25,14 @@ import (
 // for it. The agent finds the namespace from the kernel, not from the
 // runtime: the pod's address routes to a host-side veth, whose peer's
 // namespace has an id in the node's namespace, and the runtime's named
-// namespaces (/var/run/netns, mounted into the agent's container) are
+// namespaces (/run/netns, mounted into the agent's container) are
 // matched against that id.
 
 // DefaultPodNetNSDirs are where container runtimes name pods' network
-// namespaces (containerd and CRI-O: /var/run/netns, a link to /run/netns).
-var DefaultPodNetNSDirs = []string{"/var/run/netns"}
+// namespaces (containerd and CRI-O: /var/run/netns, which is /run/netns;
+// the DaemonSet mounts the latter, as the runtime checks the propagation
+// of the path as given, without following /var/run's link).
+var DefaultPodNetNSDirs = []string{"/run/netns", "/var/run/netns"}
 
 // ProbeAnswer is the outcome of one connection attempt from a pod.
 type ProbeAnswer struct {
@@ -48,7 +51,7 @@ func (a *Agent) Probe(ctx context.Context, pod string, dst netip.AddrPort, proto
 	if !ok {
 		return ans, fmt.Errorf("pod %q: want NAMESPACE/NAME", pod)
 	}
-	p, err := a.cfg.Client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+	p, err := a.pod(ctx, ns, name)
 	if err != nil {
 		return ans, err
 	}
@@ -74,6 +77,23 @@ func (a *Agent) Probe(ctx context.Context, pod string, dst netip.AddrPort, proto
 	ans.Outcome = probeFrom(ctx, ans.NetNS, dst, proto)
 	ans.Took = time.Since(t0).Round(time.Microsecond).String()
 	return ans, nil
+}
+
+// pod reads a pod from the agent's informer when it has one (the
+// DaemonSet's role lists and watches pods, it does not get them), else
+// from the API.
+func (a *Agent) pod(ctx context.Context, ns, name string) (*corev1.Pod, error) {
+	if a.names != nil && a.names.pods.HasSynced() {
+		o, ok, err := a.names.pods.GetIndexer().GetByKey(ns + "/" + name)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			return nil, fmt.Errorf("pod %s/%s not found", ns, name)
+		}
+		return o.(*corev1.Pod), nil
+	}
+	return a.cfg.Client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
 }
 
 // podNetNS finds the named network namespace that holds ip.

@@ -21,7 +21,13 @@ import (
 // node's files, exactly as on separate machines. kubelet and containerd
 // must share the namespace: kubelet's volume mounts have to be visible to
 // the runtime.
-var nodePaths = []string{"/etc/cni/net.d", "/opt/cni/bin", "/var/lib/cni", "/var/lib/kubelet", "/var/log/pods", "/var/log/containers", "/run/containerd"}
+//
+// /run/netns, where containerd names pods' network namespaces, is one of
+// them and is made shared (as on a systemd host, whose / is shared):
+// podnet's DaemonSet mounts it with HostToContainer propagation, to see
+// pods' namespaces as they are made (for podnet trace --live), which the
+// kubelet refuses on a private mount.
+var nodePaths = []string{"/etc/cni/net.d", "/opt/cni/bin", "/var/lib/cni", "/var/lib/kubelet", "/var/log/pods", "/var/log/containers", "/run/containerd", "/run/netns"}
 
 func hostDir(p string) string { return strings.ReplaceAll(strings.TrimPrefix(p, "/"), "/", "-") }
 
@@ -45,7 +51,7 @@ func (c *Cluster) startNode(ctx context.Context, n lab.TopologyNode) error {
 			return err
 		}
 	}
-	script := "set -e; mount --make-rprivate /; " + strings.Join(binds, "; ") + "; exec sleep infinity"
+	script := "set -e; mount --make-rprivate /; " + strings.Join(binds, "; ") + "; mount --make-shared /run/netns; exec sleep infinity"
 	holder, err := c.start(n.Name+"-mounts", n.NetNS, 0, "unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script)
 	if err != nil {
 		return err
@@ -79,7 +85,6 @@ state = %q
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = %q
   restrict_oom_score_adj = true
-  netns_mounts_under_state_dir = true
   stream_server_address = "127.0.0.1"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/opt/cni/bin"
