@@ -21,7 +21,6 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/podnet/podnet/internal/lab"
-	"github.com/podnet/podnet/internal/netns"
 )
 
 // The truth-table tests: for each scenario (a set of policies, sometimes a
@@ -546,24 +545,9 @@ spec:
 // flushUDPConntrack deletes a lab node's UDP conntrack entries.
 func flushUDPConntrack(t *testing.T, nsPath string) {
 	t.Helper()
-	err := netns.Do(nsPath, func() error {
-		c, err := conntrack.Dial(nil)
-		if err != nil {
-			return err
+	eachConntrack(t, nsPath, func(c *conntrack.Conn, f conntrack.Flow) {
+		if f.TupleOrig.Proto.Protocol == unix.IPPROTO_UDP {
+			c.Delete(f)
 		}
-		defer c.Close()
-		flows, err := c.Dump(nil)
-		if err != nil {
-			return err
-		}
-		for _, f := range flows {
-			if f.TupleOrig.Proto.Protocol == unix.IPPROTO_UDP {
-				c.Delete(f)
-			}
-		}
-		return nil
 	})
-	if err != nil {
-		t.Errorf("flush UDP conntrack in %s: %v", nsPath, err)
-	}
 }

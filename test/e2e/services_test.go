@@ -662,6 +662,18 @@ type ctFlow struct {
 func conntrackFlows(t *testing.T, nsPath string) []ctFlow {
 	t.Helper()
 	var out []ctFlow
+	eachConntrack(t, nsPath, func(_ *conntrack.Conn, f conntrack.Flow) {
+		if f.TupleOrig.Proto.Protocol == 6 {
+			out = append(out, ctFlow{srcPort: f.TupleOrig.Proto.SourcePort, origDst: f.TupleOrig.IP.DestinationAddress, nat: f.Status.DstNAT() || f.Status.SrcNAT()})
+		}
+	})
+	return out
+}
+
+// eachConntrack calls fn with every entry of a namespace's conntrack
+// table (and the connection, to act on it).
+func eachConntrack(t *testing.T, nsPath string, fn func(*conntrack.Conn, conntrack.Flow)) {
+	t.Helper()
 	err := netns.Do(nsPath, func() error {
 		c, err := conntrack.Dial(nil)
 		if err != nil {
@@ -673,15 +685,11 @@ func conntrackFlows(t *testing.T, nsPath string) []ctFlow {
 			return err
 		}
 		for _, f := range flows {
-			if f.TupleOrig.Proto.Protocol != 6 {
-				continue
-			}
-			out = append(out, ctFlow{srcPort: f.TupleOrig.Proto.SourcePort, origDst: f.TupleOrig.IP.DestinationAddress, nat: f.Status.DstNAT() || f.Status.SrcNAT()})
+			fn(c, f)
 		}
 		return nil
 	})
 	if err != nil {
-		t.Fatalf("conntrack: %v", err)
+		t.Fatalf("conntrack in %s: %v", nsPath, err)
 	}
-	return out
 }
